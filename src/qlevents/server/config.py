@@ -1,0 +1,60 @@
+"""The server's settings, read from ``QLEVENTS_*`` environment variables.
+
+``qlevents serve`` turns its options into these variables so that every worker process
+(uvicorn starts them fresh) builds the same configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Final
+
+DEFAULT_DATA_DIR: Final = "./qlevents-data"
+DEFAULT_MAX_BODY_BYTES: Final = 5 * 1024 * 1024
+DEFAULT_MAX_EVENTS: Final = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    endpoint_url: str = "http://127.0.0.1:8080/events"
+    #: Largest request body, after gzip decompression (bytes).
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: Most events in one request.
+    max_events: int = DEFAULT_MAX_EVENTS
+    #: Bearer token of the admin API; empty disables the admin API.
+    admin_token: str = ""
+    #: SQLite synchronous mode: FULL (default; every acknowledged write fsync'd) or EXTRA.
+    synchronous: str = "FULL"
+    #: "sqlite" (default) or "memory" (nothing survives; for trying the API).
+    store: str = "sqlite"
+    access_log: bool = True
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f"QLEVENTS_{f.name.upper()}")
+            if raw is None:
+                continue
+            if f.type == "Path":
+                values[f.name] = Path(raw)
+            elif f.type == "int":
+                values[f.name] = int(raw)
+            elif f.type == "bool":
+                values[f.name] = raw.lower() in {"1", "true", "yes", "on"}
+            else:
+                values[f.name] = raw
+        return cls(**values)  # type: ignore[arg-type]
+
+    def to_env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            env[f"QLEVENTS_{f.name.upper()}"] = (
+                ("1" if value else "0") if isinstance(value, bool) else str(value)
+            )
+        return env

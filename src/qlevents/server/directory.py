@@ -1,0 +1,54 @@
+"""The server's in-memory view of the account book, kept fresh without a query per request.
+
+Each worker holds a snapshot (client key -> account). A background task asks SQLite every
+second whether another connection changed the book (``PRAGMA data_version``, a few µs) and
+reloads it if so; changes made through this worker's admin API apply at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Final, TypeVar
+
+from qlevents.accounts import Account, AccountBook, normalize_endpoint
+
+POLL_SECONDS: Final = 1.0
+T = TypeVar("T")
+
+
+class AccountDirectory:
+    def __init__(self, book: AccountBook, local_endpoint: str) -> None:
+        self.book = book
+        self.local_endpoint = normalize_endpoint(local_endpoint)
+        self.snapshot: dict[str, Account] = {}
+        self._version = -1
+        self._poller: asyncio.Task[None] | None = None
+
+    def reload(self) -> None:
+        self._version = self.book.data_version()
+        self.snapshot = {a.client_key: a for a in self.book.all()}
+
+    def change(self, operation: Callable[[AccountBook], T]) -> T:
+        """Apply ``operation`` to the book and refresh the snapshot at once."""
+        result = operation(self.book)
+        self.reload()
+        return result
+
+    async def start(self) -> None:
+        self.reload()
+        self._poller = asyncio.create_task(self._poll(), name="qlevents-account-poller")
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            if self.book.data_version() != self._version:
+                self.reload()

@@ -1,0 +1,357 @@
+"""POST /events: read the body, validate every event, store the good ones, answer.
+
+The answer is always the spec's ``{"processed", "failed", "errors"}``. "processed" means
+durable: the answer is written only after the store acknowledged the commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import msgspec
+
+from qlevents._exceptions import StoreUnavailableError
+from qlevents.accounts import DISABLED, Account
+from qlevents.events import ConversionEvent, ErrorEntry, EventsResponse, StoredEvent, ViewEvent
+from qlevents.server.directory import AccountDirectory
+from qlevents.server.ids import new_event_ids, utc_now_iso
+from qlevents.server.metrics import Metrics
+from qlevents.server.responses import encode, send_body, send_request_error
+from qlevents.server.types import Receive, Scope, Send
+from qlevents.store.base import EventStore, IdempotencyRecord
+from qlevents.validation import decode_event
+
+_split_array: Final = msgspec.json.Decoder(list[msgspec.Raw]).decode
+_check_json: Final = msgspec.json.Decoder(msgspec.Raw).decode
+MAX_IDEMPOTENCY_KEY: Final = 255
+
+
+class _KeyOnly(msgspec.Struct):
+    """Reads just the client key of an event that failed validation, ignoring the rest."""
+
+    client_key: object = None
+
+
+_read_key: Final = msgspec.json.Decoder(_KeyOnly).decode
+
+
+def _client_key_of(raw: msgspec.Raw) -> str | None:
+    try:
+        key = _read_key(raw).client_key
+    except msgspec.ValidationError:  # not an object
+        return None
+    return key if isinstance(key, str) else None
+
+
+class RequestRejected(Exception):
+    """The request as a whole cannot be taken; carries the status and the error entry."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+class ClientDisconnected(Exception):
+    """The client went away before sending its whole body."""
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to one request, for the access log and the metrics."""
+
+    status: int = 200
+    processed: int = 0
+    failed: int = 0
+    replayed: bool = False
+
+
+class Ingest:
+    def __init__(
+        self,
+        store: EventStore,
+        accounts: AccountDirectory,
+        metrics: Metrics,
+        *,
+        max_body_bytes: int,
+        max_events: int,
+    ) -> None:
+        self.store = store
+        self.accounts = accounts
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.max_events = max_events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> Outcome:
+        try:
+            return await self._handle(scope, receive, send)
+        except RequestRejected as rejected:
+            await send_request_error(
+                send, rejected.status, rejected.code, rejected.message, rejected.headers
+            )
+            return Outcome(status=rejected.status)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> Outcome:
+        encoding = length = idempotency_key = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"content-encoding":
+                encoding = value.strip().lower()
+            elif name == b"idempotency-key":
+                idempotency_key = value
+        gzipped = self._check_encoding(encoding)
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            raise self._too_large(int(length), compressed=gzipped)
+        body = await self._read_body(receive)
+        if gzipped:
+            body = self._gunzip(body)
+        key = self._check_idempotency_key(idempotency_key)
+        raws = self._split(body)
+
+        received_at = utc_now_iso()
+        ids = new_event_ids(len(raws))
+        response = EventsResponse(processed=[], failed=[], errors=[])
+        accepted = response.processed
+        accounts = self.accounts.snapshot
+        local = self.accounts.local_endpoint
+        for index, raw in enumerate(raws):
+            result = decode_event(raw)
+            if isinstance(result, ViewEvent | ConversionEvent):
+                error = self._check_account(index, result.client_key, accounts, local)
+                if error is None:
+                    accepted.append(_stored(result, ids[index], received_at))
+                    continue
+                errors = [error]
+            else:
+                errors = [ErrorEntry(index, p.field, p.code, p.message) for p in result]
+                if not any(p.field == "client_key" for p in result):
+                    client_key = _client_key_of(raw)
+                    if client_key is not None:
+                        error = self._check_account(index, client_key, accounts, local)
+                        if error is not None:
+                            errors.append(error)
+            response.failed.append(raw)
+            response.errors.extend(errors)
+            self.metrics.events_failed.labels(errors[0].code).inc()
+
+        answer = encode(response)
+        outcome = Outcome(processed=len(accepted), failed=len(response.failed))
+        headers: list[tuple[bytes, bytes]] = []
+        if accepted or key is not None:
+            record = None
+            if key is not None:
+                record = IdempotencyRecord(
+                    scope=(_client_key_of(raws[0]) if raws else None) or "",
+                    key=key,
+                    fingerprint=hashlib.blake2b(body, digest_size=16).digest(),
+                    response=answer,
+                )
+            try:
+                replay = await self.store.append(accepted, record)
+            except StoreUnavailableError as exc:
+                retry = str(max(1, round(exc.retry_after))).encode()
+                raise RequestRejected(
+                    503,
+                    "store_unavailable",
+                    f"the events could not be stored, none of them was: {exc}; retry later.",
+                    [(b"retry-after", retry)],
+                ) from exc
+            if replay is not None:
+                assert record is not None
+                if replay.fingerprint != record.fingerprint:
+                    raise RequestRejected(
+                        422,
+                        "idempotency_key_reused",
+                        f"the Idempotency-Key {key!r} was already used for a different request"
+                        " body in the last 24 hours; use a new key for a new request.",
+                    )
+                answer = replay.response
+                headers.append((b"idempotent-replayed", b"true"))
+                outcome = Outcome(replayed=True)
+        self.metrics.events_processed.inc(outcome.processed)
+        await send_body(send, 200, answer, headers)
+        return outcome
+
+    # --- the steps -----------------------------------------------------------------------
+
+    def _check_encoding(self, encoding: bytes | None) -> bool:
+        if encoding is None or encoding in (b"", b"identity"):
+            return False
+        if encoding in (b"gzip", b"x-gzip"):
+            return True
+        raise RequestRejected(
+            415,
+            "unsupported_encoding",
+            f"Content-Encoding {encoding.decode('latin-1')!r} is not supported;"
+            " send the body plain or with Content-Encoding: gzip.",
+        )
+
+    def _too_large(self, size: int, *, compressed: bool = False) -> RequestRejected:
+        what = "compressed body" if compressed else "body"
+        return RequestRejected(
+            413,
+            "body_too_large",
+            f"the request {what} has {size} bytes or more; the limit is {self.max_body_bytes}"
+            " bytes (after decompression). Split the events over several requests.",
+        )
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            if len(body) > self.max_body_bytes:
+                raise self._too_large(len(body))
+            return body
+        chunks = [body]
+        size = len(body)
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise self._too_large(size)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _gunzip(self, body: bytes) -> bytes:
+        # Inflate at most one byte past the limit: a gzip bomb is refused, never expanded.
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            plain = inflater.decompress(body, self.max_body_bytes + 1)
+        except zlib.error as exc:
+            raise RequestRejected(
+                400, "invalid_gzip", f"the body is not valid gzip data: {exc}."
+            ) from exc
+        if len(plain) > self.max_body_bytes:
+            raise self._too_large(len(plain))
+        if not inflater.eof or inflater.unused_data:
+            raise RequestRejected(
+                400,
+                "invalid_gzip",
+                "the gzip body is truncated or holds more than one member; send one gzip member.",
+            )
+        return plain
+
+    def _check_idempotency_key(self, raw: bytes | None) -> str | None:
+        if raw is None:
+            return None
+        key = raw.decode("latin-1").strip()
+        if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable() or not key.isascii():
+            raise RequestRejected(
+                400,
+                "invalid_idempotency_key",
+                f"the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII"
+                " characters.",
+            )
+        return key
+
+    def _split(self, body: bytes) -> list[msgspec.Raw]:
+        start = body.lstrip()[:1]
+        try:
+            if start == b"[":
+                raws = _split_array(body)
+            elif start == b"{":
+                raws = [_check_json(body)]
+            else:
+                _check_json(body)  # a precise message for what is not JSON at all
+                raise RequestRejected(
+                    400,
+                    "not_an_array",
+                    "the body must be a JSON array of event objects (or one event object);"
+                    f" got {_json_kind(start)}.",
+                )
+        except msgspec.DecodeError as exc:
+            detail = str(exc) if body.strip() else "the body is empty"
+            raise RequestRejected(
+                400, "invalid_json", f"the body is not valid JSON: {detail}."
+            ) from exc
+        except RecursionError as exc:
+            raise RequestRejected(
+                400, "invalid_json", "the body is nested too deeply to be an array of events."
+            ) from exc
+        if len(raws) > self.max_events:
+            raise RequestRejected(
+                413,
+                "too_many_events",
+                f"the request holds {len(raws)} events; the limit is {self.max_events} per request."
+                " Split the events over several requests.",
+            )
+        return raws
+
+    def _check_account(
+        self, index: int, client_key: str, accounts: Mapping[str, Account], local: str
+    ) -> ErrorEntry | None:
+        account = accounts.get(client_key)
+        if account is None:
+            return ErrorEntry(
+                index,
+                "client_key",
+                "unknown_client_key",
+                "client_key is not the key of any account on this endpoint; copy it from"
+                " Settings > Integration Settings.",
+            )
+        if account.status == DISABLED:
+            return ErrorEntry(
+                index,
+                "client_key",
+                "disabled_client_key",
+                f"client_key belongs to the disabled account {account.name!r}.",
+            )
+        if account.endpoint is not None and account.endpoint != local:
+            return ErrorEntry(
+                index,
+                "client_key",
+                "wrong_endpoint",
+                f"the account of this client_key is homed on {account.endpoint}, not on {local};"
+                " send its events there.",
+                endpoint=account.endpoint,
+            )
+        return None
+
+
+def _json_kind(start: bytes) -> str:
+    if start == b'"':
+        return "a string"
+    if start in (b"t", b"f"):
+        return "a boolean"
+    if start == b"n":
+        return "null"
+    return "a number"
+
+
+def _stored(event: ViewEvent | ConversionEvent, event_id: str, received_at: str) -> StoredEvent:
+    if isinstance(event, ViewEvent):
+        return StoredEvent(
+            id=event_id,
+            received_at=received_at,
+            client_key=event.client_key,
+            event="view",
+            product_id=event.product_id,
+            price=event.price,
+            vid=event.vid,
+            permalink=event.permalink,
+            tags=event.tags,
+            channels=event.channels,
+        )
+    return StoredEvent(
+        id=event_id,
+        received_at=received_at,
+        client_key=event.client_key,
+        event="conversion",
+        product_id=event.product_id,
+        price=event.price,
+        units=event.units,
+        vid=event.vid,
+        tags=event.tags,
+        channels=event.channels,
+    )

@@ -1,0 +1,46 @@
+"""Sending answers, all in the contract's shape."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from qlevents.events import ErrorEntry, EventsResponse
+from qlevents.server.types import Send
+
+JSON: Final = (b"content-type", b"application/json")
+encode: Final = msgspec.json.Encoder().encode
+
+
+async def send_body(
+    send: Send,
+    status: int,
+    body: bytes,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+    content_type: tuple[bytes, bytes] = JSON,
+) -> None:
+    headers = [content_type, (b"content-length", str(len(body)).encode())]
+    if extra_headers:
+        headers.extend(extra_headers)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def request_error(code: str, message: str) -> bytes:
+    """The body of an answer about the whole request (``"index": null``)."""
+    return encode(EventsResponse(errors=[ErrorEntry(None, None, code, message)]))
+
+
+async def send_request_error(
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    await send_body(send, status, request_error(code, message), extra_headers)
+
+
+async def send_json(send: Send, status: int, value: object) -> None:
+    await send_body(send, status, encode(value))

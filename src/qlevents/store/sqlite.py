@@ -1,0 +1,311 @@
+"""The embedded event store: SQLite in WAL mode, fsync'd, with group commit.
+
+One writer thread owns the write connection. Requests that arrive while a commit runs wait
+in ``_pending``; when the commit ends they all go into the next transaction, so a burst of
+N requests costs one fsync instead of N, and each request is still answered only after its
+own events are on disk (``synchronous=FULL``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import msgspec
+
+from qlevents._exceptions import StoreUnavailableError
+from qlevents.events import StoredEvent
+from qlevents.store.base import (
+    IDEMPOTENCY_TTL,
+    CommitObserver,
+    CommitStats,
+    EventStore,
+    IdempotencyRecord,
+    Replay,
+)
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS events (
+    position    INTEGER PRIMARY KEY,
+    id          TEXT    NOT NULL,
+    received_at TEXT    NOT NULL,
+    client_key  TEXT    NOT NULL,
+    event       TEXT    NOT NULL CHECK (event IN ('view', 'conversion')),
+    product_id  TEXT    NOT NULL,
+    price       REAL    NOT NULL,
+    units       INTEGER,
+    vid         TEXT,
+    permalink   TEXT,
+    tags        TEXT    NOT NULL,  -- JSON array of strings
+    channels    TEXT    NOT NULL   -- JSON array of strings
+);
+CREATE INDEX IF NOT EXISTS events_by_client ON events (client_key, position);
+CREATE TABLE IF NOT EXISTS idempotency (
+    scope       TEXT    NOT NULL,
+    key         TEXT    NOT NULL,
+    fingerprint BLOB    NOT NULL,
+    response    BLOB    NOT NULL,
+    created_at  REAL    NOT NULL,
+    PRIMARY KEY (scope, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (created_at);
+"""
+
+_INSERT_EVENT: Final = (
+    "INSERT INTO events (id, received_at, client_key, event, product_id, price, units, vid,"
+    " permalink, tags, channels) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_COLUMNS: Final = (
+    "position, id, received_at, client_key, event, product_id, price, units, vid, permalink,"
+    " tags, channels"
+)
+#: How often expired idempotency keys are deleted (seconds).
+_EXPIRE_EVERY: Final = 60.0
+
+_encode_labels = msgspec.json.Encoder().encode
+_decode_labels = msgspec.json.Decoder(list[str]).decode
+
+
+@dataclass(slots=True)
+class _Append:
+    events: Sequence[StoredEvent]
+    idempotency: IdempotencyRecord | None
+    future: asyncio.Future[Replay | None]
+    replay: Replay | None = field(default=None)
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection with the pragmas every qlevents connection needs."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
+class SQLiteEventStore(EventStore):
+    """Events in ``<path>``; every acknowledged append is fsync'd (WAL, synchronous=FULL)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        max_pending_events: int = 200_000,
+        observer: CommitObserver | None = None,
+    ) -> None:
+        if synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
+            raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
+        self.path = Path(path)
+        self._synchronous = synchronous.upper()
+        self._max_pending_events = max_pending_events
+        self._observer = observer
+        self._writer: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[_Append] = []
+        self._pending_events = 0
+        self._commit_running: asyncio.Future[None] | None = None
+        self._last_expiry = 0.0
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="qlevents-sqlite-writer")
+        loop = asyncio.get_running_loop()
+        self._conn = await loop.run_in_executor(self._writer, self._open_sync)
+
+    def _open_sync(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect(self.path)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        conn.executescript(SCHEMA)
+        return conn
+
+    async def close(self) -> None:
+        while self._commit_running is not None or self._pending:
+            if self._commit_running is not None:
+                await asyncio.shield(self._commit_running)
+            elif self._pending:
+                self._start_commit()
+        if self._writer is not None:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await asyncio.get_running_loop().run_in_executor(self._writer, conn.close)
+            self._writer.shutdown(wait=True)
+            self._writer = None
+
+    # --- writes: group commit ------------------------------------------------------------
+
+    async def append(
+        self, events: Sequence[StoredEvent], idempotency: IdempotencyRecord | None = None
+    ) -> Replay | None:
+        if self._conn is None:
+            raise StoreUnavailableError("the event store is not open")
+        if self._pending_events + len(events) > self._max_pending_events:
+            raise StoreUnavailableError(
+                f"the store's writer is behind ({self._pending_events} events waiting)"
+            )
+        future: asyncio.Future[Replay | None] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Append(events, idempotency, future))
+        self._pending_events += len(events)
+        if self._commit_running is None:
+            self._start_commit()
+        return await future
+
+    def _start_commit(self) -> None:
+        group, self._pending = self._pending, []
+        self._pending_events = 0
+        loop = asyncio.get_running_loop()
+        running = loop.run_in_executor(self._writer, self._commit_sync, group)
+        self._commit_running = running
+        running.add_done_callback(lambda done: self._commit_done(done, group))
+
+    def _commit_done(self, done: asyncio.Future[None], group: list[_Append]) -> None:
+        self._commit_running = None
+        error = done.exception()
+        for append in group:
+            if append.future.done():  # the caller went away (cancelled)
+                continue
+            if error is None:
+                append.future.set_result(append.replay)
+            else:
+                append.future.set_exception(error)
+        if self._pending:
+            self._start_commit()
+
+    def _commit_sync(self, group: list[_Append]) -> None:
+        conn = self._conn
+        assert conn is not None
+        started = time.perf_counter()
+        now = time.time()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                count = 0
+                for append in group:
+                    if append.idempotency is not None:
+                        append.replay = self._claim_key(conn, append.idempotency, now)
+                        if append.replay is not None:
+                            continue
+                    conn.executemany(_INSERT_EVENT, map(_row, append.events))
+                    count += len(append.events)
+                if now - self._last_expiry > _EXPIRE_EVERY:
+                    conn.execute(
+                        "DELETE FROM idempotency WHERE created_at < ?", (now - IDEMPOTENCY_TTL,)
+                    )
+                    self._last_expiry = now
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"the event store cannot take writes: {exc}") from exc
+        if self._observer is not None:
+            self._observer(CommitStats(len(group), count, time.perf_counter() - started))
+
+    @staticmethod
+    def _claim_key(
+        conn: sqlite3.Connection, record: IdempotencyRecord, now: float
+    ) -> Replay | None:
+        row = conn.execute(
+            "SELECT fingerprint, response, created_at FROM idempotency WHERE scope = ? AND key = ?",
+            (record.scope, record.key),
+        ).fetchone()
+        if row is not None and now - row[2] < IDEMPOTENCY_TTL:
+            return Replay(bytes(row[0]), bytes(row[1]))
+        conn.execute(
+            "INSERT OR REPLACE INTO idempotency (scope, key, fingerprint, response, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (record.scope, record.key, record.fingerprint, record.response, now),
+        )
+        return None
+
+    # --- reads ---------------------------------------------------------------------------
+
+    async def read(
+        self, after: int = 0, limit: int = 1000, client_key: str | None = None
+    ) -> list[tuple[int, StoredEvent]]:
+        return await asyncio.to_thread(self.read_sync, after, limit, client_key)
+
+    def read_sync(
+        self, after: int = 0, limit: int = 1000, client_key: str | None = None
+    ) -> list[tuple[int, StoredEvent]]:
+        """``read`` for callers without an event loop (the CLI's export)."""
+        if not self.path.exists():
+            return []
+        conn = connect(self.path, readonly=True)
+        try:
+            if client_key is None:
+                rows = conn.execute(
+                    f"SELECT {_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+                    (after, limit),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    f"SELECT {_COLUMNS} FROM events WHERE client_key = ? AND position > ?"
+                    " ORDER BY position LIMIT ?",
+                    (client_key, after, limit),
+                ).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return []
+            raise
+        finally:
+            conn.close()
+        return [(row[0], _event(row)) for row in rows]
+
+    async def check_writable(self) -> None:
+        if self._conn is None or self._writer is None:
+            raise StoreUnavailableError("the event store is not open")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self._check_writable_sync)
+
+    def _check_writable_sync(self) -> None:
+        assert self._conn is not None
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"the event store cannot take writes: {exc}") from exc
+
+
+def _row(event: StoredEvent) -> tuple[object, ...]:
+    return (
+        event.id,
+        event.received_at,
+        event.client_key,
+        event.event,
+        event.product_id,
+        event.price,
+        event.units,
+        event.vid,
+        event.permalink,
+        _encode_labels(event.tags).decode(),
+        _encode_labels(event.channels).decode(),
+    )
+
+
+def _event(row: tuple[object, ...]) -> StoredEvent:
+    (_, id_, received_at, client_key, kind, product_id, price, units, vid, permalink) = row[:10]
+    return StoredEvent(
+        id=str(id_),
+        received_at=str(received_at),
+        client_key=str(client_key),
+        event=str(kind),
+        product_id=str(product_id),
+        price=float(price),  # type: ignore[arg-type]
+        units=None if units is None else int(units),  # type: ignore[call-overload]
+        vid=None if vid is None else str(vid),
+        permalink=None if permalink is None else str(permalink),
+        tags=_decode_labels(str(row[10])),
+        channels=_decode_labels(str(row[11])),
+    )

@@ -38,8 +38,16 @@ pytest: dev
 
 test: lint typecheck pytest
 
-bench: dev
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[server,dev,bench]'
+	touch $@ $(VENV)/.installed-dev $(VENV)/.installed-server
+
+# Benchmarks (not part of `make test`): see bench/README.md.
+bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/server_bench.py
+
+bench-client: $(VENV)/.installed-bench
+	$(BIN)/python bench/client_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache qlevents-data

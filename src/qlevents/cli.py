@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -243,13 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--after", type=int, default=0, help="start after this store position")
     export.set_defaults(handler=cmd_events_export)
 
-    for extra in _EXTRA_COMMANDS:
-        extra(commands)
     return parser
-
-
-#: Commands registered by other modules (the SDK's ``send``).
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,5 @@
+import sys
+
+from qlevents.cli import main
+
+sys.exit(main())

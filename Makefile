@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: serve test lint typecheck pytest bench bench-client install dev clean
+.PHONY: serve test lint typecheck pytest bench bench-client install dev clean openapi
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,3 +51,7 @@ bench-client: $(VENV)/.installed-bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache qlevents-data
+
+# Regenerate the OpenAPI document from the wire types (a test checks it is current).
+openapi: dev
+	$(BIN)/python -m qlevents.server.openapi > src/qlevents/server/openapi.json

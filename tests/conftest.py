@@ -12,6 +12,12 @@ from tests.support import ADMIN_TOKEN, RunningServer, free_port
 
 
 @pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (``@pytest.mark.anyio``) run on asyncio, as the server does."""
+    return "asyncio"
+
+
+@pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     """Start ``qlevents serve`` with the given command-line options; stopped after the test."""
     started: list[RunningServer] = []

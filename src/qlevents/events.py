@@ -25,8 +25,9 @@ MAX_CONVERSION_CHANNELS: Final = 1
 #: Highest price accepted: beyond ~1e13 a float cannot hold cents exactly any more.
 MAX_PRICE: Final = 1e12
 MAX_UNITS: Final = 1_000_000
-#: An absolute http(s) URL: scheme, "://", then a non-empty host part.
-URL_PATTERN: Final = r"(?i)^https?://[^\s/?#@]+(?:[/?#]\S*)?$"
+#: An absolute http(s) URL: scheme (any case), "://", then a non-empty host part. Written
+#: without inline flags so that it means the same in JSON Schema (ECMA-262) as in Python.
+URL_PATTERN: Final = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+(?:[/?#]\S*)?$"
 
 ClientKey = Annotated[str, Meta(min_length=1, max_length=MAX_KEY_LENGTH)]
 ProductId = Annotated[str, Meta(min_length=1, max_length=MAX_PRODUCT_ID_LENGTH)]

@@ -1,0 +1,183 @@
+"""The EventStore contract, run against every implementation (memory and SQLite)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from qlevents import StoreUnavailableError
+from qlevents.events import StoredEvent
+from qlevents.store import EventStore, IdempotencyRecord, MemoryEventStore, Replay
+from qlevents.store.base import CommitStats
+from qlevents.store.sqlite import SQLiteEventStore
+
+pytestmark = pytest.mark.anyio
+
+
+def stored(n: int, client_key: str = "k1", prefix: str = "e") -> list[StoredEvent]:
+    return [
+        StoredEvent(
+            id=f"{prefix}{i}",
+            received_at="2026-11-27T00:00:00.000000Z",
+            client_key=client_key,
+            event="view" if i % 2 == 0 else "conversion",
+            product_id=f"p{i}",
+            price=float(i) + 0.5,
+            units=None if i % 2 == 0 else 2,
+            vid=None,
+            permalink="https://shop.example/p" if i % 2 == 0 else None,
+            tags=["t"],
+            channels=["online"],
+        )
+        for i in range(n)
+    ]
+
+
+def record(
+    key: str = "key-1", fingerprint: bytes = b"f1", response: bytes = b"{}"
+) -> IdempotencyRecord:
+    return IdempotencyRecord(scope="k1", key=key, fingerprint=fingerprint, response=response)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventStore]:
+    impl: EventStore = (
+        MemoryEventStore() if request.param == "memory" else SQLiteEventStore(tmp_path / "e.db")
+    )
+    await impl.open()
+    yield impl
+    await impl.close()
+
+
+class TestAppendAndRead:
+    async def test_reads_back_what_was_appended_in_order(self, store: EventStore) -> None:
+        """Appended events come back whole, oldest first, with increasing positions."""
+        events = stored(5)
+        assert await store.append(events[:2]) is None
+        assert await store.append(events[2:]) is None
+        got = await store.read()
+        assert [e for _, e in got] == events
+        positions = [p for p, _ in got]
+        assert positions == sorted(positions) and len(set(positions)) == 5
+
+    async def test_reads_after_a_position_with_a_limit(self, store: EventStore) -> None:
+        """read(after, limit) pages through the log."""
+        await store.append(stored(10))
+        first = await store.read(limit=4)
+        rest = await store.read(after=first[-1][0], limit=100)
+        assert [e.id for _, e in first + rest] == [f"e{i}" for i in range(10)]
+
+    async def test_filters_by_client_key(self, store: EventStore) -> None:
+        """read(client_key=...) returns only that account's events."""
+        await store.append(stored(3, "k1", "a") + stored(2, "k2", "b"))
+        got = await store.read(client_key="k2")
+        assert [e.id for _, e in got] == ["b0", "b1"]
+
+
+class TestIdempotency:
+    async def test_second_append_with_same_key_stores_nothing(self, store: EventStore) -> None:
+        """The same (scope, key) returns the first answer and stores nothing again."""
+        assert await store.append(stored(2), record(response=b"first")) is None
+        replay = await store.append(stored(2, prefix="x"), record(response=b"second"))
+        assert replay == Replay(fingerprint=b"f1", response=b"first")
+        assert len(await store.read()) == 2
+
+    async def test_keys_are_scoped_per_account(self, store: EventStore) -> None:
+        """The same key under another account is a different request."""
+        await store.append(stored(1), record())
+        other = IdempotencyRecord(scope="k2", key="key-1", fingerprint=b"f", response=b"")
+        assert await store.append(stored(1, "k2", "b"), other) is None
+        assert len(await store.read()) == 2
+
+    async def test_concurrent_duplicates_store_once(self, store: EventStore) -> None:
+        """Two appends with one key in flight together: one stores, the other replays."""
+        results = await asyncio.gather(
+            store.append(stored(3), record(response=b"a")),
+            store.append(stored(3, prefix="y"), record(response=b"b")),
+        )
+        assert sorted(r is None for r in results) == [False, True]
+        assert len(await store.read()) == 3
+
+
+class TestSQLiteGroupCommit:
+    async def test_concurrent_appends_share_commits(self, tmp_path: Path) -> None:
+        """Appends that arrive while a commit runs go into the next one (group commit)."""
+        commits: list[CommitStats] = []
+        store = SQLiteEventStore(tmp_path / "e.db", observer=commits.append)
+        await store.open()
+        try:
+            await asyncio.gather(*(store.append(stored(2, prefix=f"r{i}-")) for i in range(200)))
+            assert len(await store.read(limit=10_000)) == 400
+        finally:
+            await store.close()
+        assert sum(c.requests for c in commits) == 200
+        assert sum(c.events for c in commits) == 400
+        assert len(commits) < 200
+
+    async def test_events_survive_reopening(self, tmp_path: Path) -> None:
+        """What an append acknowledged is there after the store is closed and reopened."""
+        path = tmp_path / "e.db"
+        store = SQLiteEventStore(path)
+        await store.open()
+        await store.append(stored(3))
+        await store.close()
+        again = SQLiteEventStore(path)
+        assert len(again.read_sync()) == 3
+        conn = sqlite3.connect(path)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        conn.close()
+
+    async def test_close_finishes_pending_appends(self, tmp_path: Path) -> None:
+        """close() waits for queued appends to commit; none is lost."""
+        store = SQLiteEventStore(tmp_path / "e.db")
+        await store.open()
+        pending = [asyncio.create_task(store.append(stored(1, prefix=f"c{i}-"))) for i in range(50)]
+        await asyncio.sleep(0)
+        await store.close()
+        await asyncio.gather(*pending)
+        assert len(SQLiteEventStore(tmp_path / "e.db").read_sync()) == 50
+
+    async def test_locked_database_is_unavailable_and_stores_nothing(self, tmp_path: Path) -> None:
+        """While another process holds the write lock, append raises StoreUnavailableError."""
+        path = tmp_path / "e.db"
+        store = SQLiteEventStore(path)
+        await store.open()
+        blocker = sqlite3.connect(path, isolation_level=None, timeout=0)
+        try:
+            store._conn.execute("PRAGMA busy_timeout = 50")  # type: ignore[union-attr]
+            blocker.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreUnavailableError):
+                await store.append(stored(2))
+            with pytest.raises(StoreUnavailableError):
+                await store.check_writable()
+            blocker.execute("ROLLBACK")
+            await store.append(stored(1, prefix="after"))
+            assert [e.id for _, e in await store.read()] == ["after0"]
+        finally:
+            blocker.close()
+            await store.close()
+
+    async def test_overload_is_refused_up_front(self, tmp_path: Path) -> None:
+        """Past max_pending_events the store refuses at once instead of queueing more."""
+        store = SQLiteEventStore(tmp_path / "e.db", max_pending_events=10)
+        await store.open()
+        try:
+            results = await asyncio.gather(
+                *(store.append(stored(4, prefix=f"o{i}-")) for i in range(10)),
+                return_exceptions=True,
+            )
+            refused = [r for r in results if isinstance(r, StoreUnavailableError)]
+            assert refused, "some appends should have been refused"
+            assert len(await store.read(limit=1000)) == 4 * (10 - len(refused))
+        finally:
+            await store.close()
+
+    def test_rejects_unknown_synchronous_mode(self, tmp_path: Path) -> None:
+        """Only durable synchronous modes are accepted."""
+        with pytest.raises(ValueError, match="synchronous"):
+            SQLiteEventStore(tmp_path / "e.db", synchronous="OFF")

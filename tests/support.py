@@ -53,9 +53,7 @@ class RunningServer:
             "--port", str(self.port), "--data-dir", str(self.data_dir), *self.options,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env
-            )
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -204,3 +204,10 @@ class TestPathsAgree:
         assert isinstance(result, list) != accepted
         if isinstance(result, list):
             assert all(p.code != "invalid_value" for p in result), result
+
+
+class TestText:
+    def test_lone_surrogate_escape_is_invalid_text(self) -> None:
+        """Text that is not Unicode (a lone \\ud800 escape) fails as invalid_text."""
+        raw = rb'{"event":"view","client_key":"\ud800","price":1,"product_id":"p"}'
+        assert codes(raw) == [(None, "invalid_text")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -171,6 +172,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for stale in metrics_dir.glob("*.db"):
             stale.unlink()
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler it
+    # found at start-up. Make that handler a no-op so a clean shutdown exits 0, as process
+    # supervisors expect.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run(
         "qlevents.server.app:create_app",
         factory=True,

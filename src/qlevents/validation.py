@@ -31,6 +31,7 @@ INVALID_URL: Final = "invalid_url"
 TOO_MANY_ITEMS: Final = "too_many_items"
 UNKNOWN_EVENT: Final = "unknown_event"
 INVALID_VALUE: Final = "invalid_value"
+INVALID_TEXT: Final = "invalid_text"
 
 EVENT_NAMES: Final = ("view", "conversion")
 
@@ -79,6 +80,11 @@ def decode_event(raw: bytes | msgspec.Raw) -> Event | list[Problem]:
         return event
     except msgspec.ValidationError as exc:
         first = str(exc)
+    except msgspec.DecodeError as exc:
+        # Valid JSON syntax around text that is not Unicode (a lone UTF-16 surrogate escape).
+        return [
+            Problem(None, INVALID_TEXT, f"the event holds text that is not valid Unicode: {exc}.")
+        ]
     try:
         obj = _loads_lenient(bytes(raw))
     except (ValueError, RecursionError):  # pragma: no cover - msgspec accepted the syntax

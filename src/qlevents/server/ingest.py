@@ -42,7 +42,7 @@ _read_key: Final = msgspec.json.Decoder(_KeyOnly).decode
 def _client_key_of(raw: msgspec.Raw) -> str | None:
     try:
         key = _read_key(raw).client_key
-    except msgspec.ValidationError:  # not an object
+    except msgspec.DecodeError:  # not an object, or text that is not Unicode
         return None
     return key if isinstance(key, str) else None
 
@@ -256,6 +256,17 @@ class Ingest:
         return key
 
     def _split(self, body: bytes) -> list[msgspec.Raw]:
+        # msgspec skips over the elements it hands out as Raw without checking their UTF-8,
+        # and failed events are echoed back as sent: so check the whole body once here.
+        if not body.isascii():
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise RequestRejected(
+                    400,
+                    "invalid_json",
+                    f"the body is not valid UTF-8: {exc.reason} at byte {exc.start}.",
+                ) from exc
         start = body.lstrip()[:1]
         try:
             if start == b"[":

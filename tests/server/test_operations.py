@@ -1,0 +1,187 @@
+"""Operating the service: health, readiness, metrics, the access log, shutdown, workers,
+and the OpenAPI document checked against what the server does."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import threading
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+
+from qlevents.server import openapi
+from tests.support import RunningServer, conversion, view
+
+
+class TestProbes:
+    def test_healthz_and_readyz(self, server: RunningServer) -> None:
+        """/healthz says alive; /readyz says the store takes writes."""
+        assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+        assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready"}
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    pattern = re.escape(name) + (re.escape("{" + labels + "}") if labels else "") + r" ([0-9.e+]+)"
+    found = re.search(r"^" + pattern + "$", text, re.M)
+    assert found, f"{name}{{{labels}}} not in metrics"
+    return float(found.group(1))
+
+
+class TestMetrics:
+    def test_counts_processed_failed_and_commits(self, server: RunningServer) -> None:
+        """/metrics counts events by outcome and code, requests, and commit group sizes."""
+        key = server.client_key
+        server.post([view(key), view(key), {"event": "view"}, view("qlk_x")])
+        text = httpx.get(f"{server.url}/metrics").text
+        assert metric(text, "qlevents_events_processed_total") == 2
+        assert metric(text, "qlevents_events_failed_total", 'code="missing_field"') == 1
+        assert metric(text, "qlevents_events_failed_total", 'code="unknown_client_key"') == 1
+        assert metric(text, "qlevents_requests_total", 'route="/events",status="200"') == 1
+        assert metric(text, "qlevents_commit_group_requests_count") >= 1
+        assert metric(text, "qlevents_commit_duration_seconds_count") >= 1
+        assert metric(text, "qlevents_request_duration_seconds_count") == 1
+
+    def test_workers_share_one_store_and_one_metrics_page(
+        self, serve: Callable[..., RunningServer]
+    ) -> None:
+        """With --workers 2 every event is stored once and /metrics adds up both workers."""
+        server = serve("--workers", "2")
+        key = server.client_key
+        with httpx.Client() as client:
+            for i in range(40):
+                client.post(server.events_url, json=[view(key, product_id=f"p{i}")])
+        assert len(server.stored()) == 40
+        text = httpx.get(f"{server.url}/metrics").text
+        assert metric(text, "qlevents_events_processed_total") == 40
+        assert server.stop(signal.SIGTERM) == 0
+
+
+class TestAccessLog:
+    def test_one_line_per_request_with_status_counts_and_duration(
+        self, server: RunningServer
+    ) -> None:
+        """Each request logs one line: status, processed and failed counts, duration."""
+        server.post([view(server.client_key), {"event": "x"}])
+        server.post(b"nope")
+        lines = [line for line in server.log().splitlines() if "qlevents.access" in line]
+        assert re.search(r'"POST /events" 200 processed=1 failed=1 [0-9.]+ms$', lines[-2])
+        assert re.search(r'"POST /events" 400 processed=0 failed=0 [0-9.]+ms$', lines[-1])
+
+    def test_control_characters_in_the_path_stay_on_one_line(self, server: RunningServer) -> None:
+        """A path with a newline is escaped: one request, one log line."""
+        httpx.get(f"{server.url}/a%0Ab")
+        [line] = [line for line in server.log().splitlines() if "/a" in line and "404" in line]
+        assert "\\n" in line
+
+
+class TestShutdown:
+    def test_sigterm_finishes_in_flight_requests_and_exits_0(self, server: RunningServer) -> None:
+        """SIGTERM during traffic: every 200 answered is stored, and the exit code is 0."""
+        key = server.client_key
+        answered: list[dict[str, Any]] = []
+        stop = threading.Event()
+
+        def traffic() -> None:
+            with httpx.Client(timeout=5) as client:
+                while not stop.is_set():
+                    try:
+                        response = client.post(server.events_url, json=[view(key)] * 10)
+                    except httpx.HTTPError:
+                        return
+                    if response.status_code == 200:
+                        answered.extend(response.json()["processed"])
+
+        threads = [threading.Thread(target=traffic) for _ in range(4)]
+        for t in threads:
+            t.start()
+        while len(answered) < 200:
+            threading.Event().wait(0.01)
+        code = server.stop(signal.SIGTERM)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert code == 0
+        stored = {e["id"] for e in server.stored()}
+        assert {e["id"] for e in answered} <= stored
+
+
+class TestFirstRun:
+    def test_serve_creates_a_demo_account_and_prints_its_key(self, server: RunningServer) -> None:
+        """The first `serve` prints a client key and endpoint that work with the spec's curl."""
+        log = server.log()
+        assert "client key: qlk_" in log and server.events_url in log
+        assert server.client_key in log
+        assert server.post([view(server.client_key)]).json()["processed"]
+
+    def test_second_run_creates_nothing(self, server: RunningServer) -> None:
+        """Restarting with accounts present creates no second demo account."""
+        server.restart()
+        assert server.log().count("First run") == 1
+
+
+# --- the OpenAPI document ------------------------------------------------------------------
+
+DOC = json.loads((resources.files("qlevents.server") / "openapi.json").read_text())
+
+
+def schema_for(path: str, method: str, status: int) -> dict[str, Any]:
+    response = DOC["paths"][path][method]["responses"][str(status)]
+    ref = response["content"]["application/json"]["schema"]
+    return {**ref, "components": DOC["components"]}
+
+
+class TestOpenAPI:
+    def test_committed_document_is_current(self) -> None:
+        """openapi.json equals what the generator makes from the wire types (make openapi)."""
+        assert json.loads(openapi.render()) == DOC
+
+    def test_served_document_is_the_committed_one(self, server: RunningServer) -> None:
+        """GET /openapi.json serves the document kept in the repository."""
+        assert httpx.get(f"{server.url}/openapi.json").json() == DOC
+
+    def test_document_is_valid_openapi_31_json_schema(self) -> None:
+        """Every schema in the document is a valid JSON Schema (2020-12, OpenAPI 3.1)."""
+        assert DOC["openapi"] == "3.1.0"
+        for schema in DOC["components"]["schemas"].values():
+            jsonschema.Draft202012Validator.check_schema(schema)
+
+    @pytest.mark.parametrize(
+        ("body", "headers", "status"),
+        [
+            ("valid", {}, 200),
+            ("mixed", {}, 200),
+            (b"nope", {}, 400),
+            (b"[]" + b" " * 2_000_000, {}, 413),
+            (b"[]", {"content-encoding": "br"}, 415),
+        ],
+    )
+    def test_answers_match_the_document(
+        self, serve: Callable[..., RunningServer], body: Any, headers: dict[str, str], status: int
+    ) -> None:
+        """Answers of every documented status validate against the document's schema."""
+        server = serve("--max-body-bytes", "1000000")
+        key = server.client_key
+        if body == "valid":
+            body = [view(key), conversion(key)]
+        elif body == "mixed":
+            body = [view(key), {"event": "conversion", "units": 0}, 3]
+        answer = server.post(body, headers=headers)
+        assert answer.status_code == status
+        assert answer.headers["content-type"] == "application/json"
+        jsonschema.validate(answer.json(), schema_for("/events", "post", status))
+
+    def test_requests_valid_by_the_document_are_processed(self, server: RunningServer) -> None:
+        """The spec's examples validate against the request schema and are processed."""
+        sent = [view(server.client_key), conversion(server.client_key)]
+        request_schema = {
+            "$ref": "#/components/schemas/EventBatch",
+            "components": DOC["components"],
+        }
+        jsonschema.validate(sent, request_schema)
+        assert len(server.post(sent).json()["processed"]) == 2

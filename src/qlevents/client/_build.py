@@ -1,0 +1,167 @@
+"""Building events at the call site: check them with the server's own rules, encode once.
+
+Everything here runs in the caller's thread, so it is kept short: one dict, one
+``convert_event`` (the validation code the server runs), one msgspec encode.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final
+
+import msgspec
+
+from qlevents._exceptions import ClientError, EventValidationError
+from qlevents.client._config import SERVER_MAX_BYTES, SERVER_MAX_EVENTS
+from qlevents.events import ConversionEvent, ViewEvent
+from qlevents.validation import INVALID_VALUE, Problem, convert_event
+
+_encode: Final = msgspec.json.Encoder().encode
+#: One encoded event, ready to be joined into a request body.
+Encoded = bytes
+
+
+def _checked(event: Mapping[str, Any]) -> ViewEvent | ConversionEvent:
+    result = convert_event(event)
+    if isinstance(result, list):
+        raise EventValidationError(result)
+    return result
+
+
+def view(
+    client_key: str,
+    product_id: Any,
+    price: Any,
+    permalink: Any,
+    *,
+    vid: Any = None,
+    tags: Any = None,
+    channels: Any = None,
+) -> Encoded:
+    """A product page view, checked and encoded; raises EventValidationError."""
+    event: dict[str, Any] = {
+        "event": "view",
+        "client_key": client_key,
+        "product_id": product_id,
+        "price": price,
+        "permalink": permalink,
+    }
+    if vid is not None:
+        event["vid"] = vid
+    if tags is not None:
+        event["tags"] = tags
+    if channels is not None:
+        event["channels"] = channels
+    return _encode(_checked(event))
+
+
+def total_price(unit_price: Any, units: Any) -> Any:
+    """``unit_price x units`` computed in decimal, so 10.1 x 3 is 30.3, not 30.299999999999997.
+
+    Values that are not numbers are returned as given: validation then reports them.
+    """
+    count = 1 if units is None else units
+    if isinstance(count, bool) or not isinstance(count, int):
+        return unit_price
+    if isinstance(unit_price, bool) or not isinstance(unit_price, int | float | Decimal):
+        return unit_price
+    try:
+        exact = Decimal(repr(unit_price)) if isinstance(unit_price, float) else Decimal(unit_price)
+        total = float(exact * count)
+    except (InvalidOperation, OverflowError, ValueError):
+        return unit_price
+    return total if math.isfinite(total) else unit_price
+
+
+def conversion(
+    client_key: str,
+    product_id: Any,
+    price: Any = None,
+    *,
+    unit_price: Any = None,
+    units: Any = None,
+    vid: Any = None,
+    tags: Any = None,
+    channels: Any = None,
+) -> Encoded:
+    """A sale of one product, checked and encoded; raises EventValidationError."""
+    if (price is None) == (unit_price is None):
+        raise EventValidationError(
+            [
+                Problem(
+                    "price",
+                    INVALID_VALUE,
+                    "give exactly one of price (the total for all units) or unit_price"
+                    f" (multiplied by units); got {'both' if price is not None else 'neither'}.",
+                )
+            ]
+        )
+    if isinstance(price, Decimal):
+        price = float(price)
+    event: dict[str, Any] = {
+        "event": "conversion",
+        "client_key": client_key,
+        "product_id": product_id,
+        "price": price if unit_price is None else total_price(unit_price, units),
+    }
+    if units is not None:
+        event["units"] = units
+    if vid is not None:
+        event["vid"] = vid
+    if tags is not None:
+        event["tags"] = tags
+    if channels is not None:
+        event["channels"] = channels
+    return _encode(_checked(event))
+
+
+def group(events: Iterable[Any], client_key: str | None) -> tuple[Encoded, ...]:
+    """Check and encode events given together (dicts or event structs); they travel together.
+
+    A dict without ``client_key`` gets ``client_key``. Raises EventValidationError naming
+    the position of every broken event, or ClientError when they cannot fit one request.
+    """
+    encoded: list[Encoded] = []
+    problems: list[Problem] = []
+    size = 2
+    for index, event in enumerate(events):
+        if isinstance(event, ViewEvent | ConversionEvent):
+            encoded.append(_encode(event))
+        else:
+            given = event
+            if isinstance(event, Mapping) and "client_key" not in event and client_key:
+                given = {"client_key": client_key, **event}
+            result = convert_event(given)
+            if isinstance(result, list):
+                problems.extend(_at(index, p) for p in result)
+                continue
+            encoded.append(_encode(result))
+        size += len(encoded[-1]) + 1
+    if problems:
+        raise EventValidationError(problems)
+    if len(encoded) > SERVER_MAX_EVENTS or size > SERVER_MAX_BYTES:
+        raise ClientError(
+            f"{len(encoded)} events of {size} bytes cannot travel in one request (the limits"
+            f" are {SERVER_MAX_EVENTS} events and {SERVER_MAX_BYTES} bytes); give fewer at once."
+        )
+    return tuple(encoded)
+
+
+def _at(index: int, problem: Problem) -> Problem:
+    field = f"[{index}]" if problem.field is None else f"[{index}].{problem.field}"
+    return Problem(field, problem.code, f"event {index}: {problem.message}")
+
+
+_decode_dict: Final = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+def as_dict(event: Encoded) -> dict[str, Any]:
+    """An encoded event as the dict given to ``on_failure``."""
+    return _decode_dict(event)
+
+
+def body(events: Sequence[Encoded]) -> bytes:
+    """The JSON array of the request that carries ``events``."""
+    return b"[" + b",".join(events) + b"]"

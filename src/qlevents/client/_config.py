@@ -1,0 +1,86 @@
+"""The client's options, their defaults, and the checks run on them once, at construction."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from qlevents._exceptions import ClientError
+from qlevents.events import ErrorEntry
+
+#: The endpoint the spec names; an account may be homed elsewhere (Settings > Integration).
+DEFAULT_ENDPOINT: Final = "https://evt.quicklizard.com/events"
+#: The server's limits per request (docs/api.md); a group of events must fit in one request.
+SERVER_MAX_EVENTS: Final = 1000
+SERVER_MAX_BYTES: Final = 5 * 1024 * 1024
+
+#: ``on_failure(event, errors)``: an event the server refused or that could not be delivered.
+FailureCallback = Callable[[dict[str, Any], Sequence[ErrorEntry]], None]
+
+
+@dataclass(frozen=True)
+class Options:
+    """Every tunable of a client; see docs/sdk.md for what each one does."""
+
+    endpoint: str = DEFAULT_ENDPOINT
+    #: Seconds to wait for a connection, and for each read/write of a request.
+    connect_timeout: float = 1.0
+    timeout: float = 2.5
+    #: Events held in memory before new ones are dropped (or spooled).
+    max_queue_size: int = 10_000
+    #: A batch is closed on the first of: this many events, this many bytes, this many seconds.
+    max_batch_events: int = 500
+    max_batch_bytes: int = 1024 * 1024
+    flush_interval: float = 0.5
+    #: Total seconds spent retrying one batch in the background before giving up on it
+    #: (never given up with a spool: it waits for the server however long it takes).
+    retry_budget: float = 30.0
+    #: The same for ``send()``, which runs in the caller's thread.
+    send_retry_budget: float = 5.0
+    backoff_base: float = 0.1
+    backoff_cap: float = 10.0
+    #: The longest Retry-After honoured (seconds); longer ones are cut to this.
+    retry_after_cap: float = 60.0
+    #: Bodies this big or bigger are sent gzip-compressed (0 = always, None = never).
+    gzip_min_bytes: int | None = 256 * 1024
+    #: Seconds ``close()`` and interpreter exit spend delivering what is still queued.
+    shutdown_timeout: float = 5.0
+    #: Seconds between two warnings about dropped events.
+    warn_interval: float = 10.0
+
+    def check(self) -> None:
+        positive = {
+            "connect_timeout": self.connect_timeout,
+            "timeout": self.timeout,
+            "flush_interval": self.flush_interval,
+            "backoff_base": self.backoff_base,
+            "backoff_cap": self.backoff_cap,
+        }
+        for name, value in positive.items():
+            if not (value > 0 and math.isfinite(value)):
+                raise ClientError(f"{name} must be a positive number of seconds; got {value!r}")
+        for name, value in {
+            "retry_budget": self.retry_budget,
+            "send_retry_budget": self.send_retry_budget,
+            "retry_after_cap": self.retry_after_cap,
+            "shutdown_timeout": self.shutdown_timeout,
+            "warn_interval": self.warn_interval,
+        }.items():
+            if not value >= 0:
+                raise ClientError(f"{name} must be 0 or more seconds; got {value!r}")
+        if self.max_queue_size < 1:
+            raise ClientError(f"max_queue_size must be 1 or more; got {self.max_queue_size!r}")
+        if not 1 <= self.max_batch_events <= SERVER_MAX_EVENTS:
+            raise ClientError(
+                f"max_batch_events must be from 1 to {SERVER_MAX_EVENTS} (the server's limit);"
+                f" got {self.max_batch_events!r}"
+            )
+        if not 1024 <= self.max_batch_bytes <= SERVER_MAX_BYTES:
+            raise ClientError(
+                f"max_batch_bytes must be from 1024 to {SERVER_MAX_BYTES} (the server's limit);"
+                f" got {self.max_batch_bytes!r}"
+            )
+        if not self.endpoint.lower().startswith(("http://", "https://")):
+            raise ClientError(f"endpoint must be an http(s) URL; got {self.endpoint!r}")

@@ -1,0 +1,349 @@
+"""Delivering one batch: the decisions, without the I/O (shared by the thread and the task).
+
+A :class:`Delivery` hands out requests (``next()``) and is told what became of each one
+(``answered()`` / ``failed()``); it answers with how long to wait before trying again, or
+None when the request is settled. It retries network errors, timeouts, 429 and 5xx with
+exponential backoff and full jitter, honouring Retry-After, within a total budget; it sends
+the same Idempotency-Key on every retry of a request, so the server stores a batch once.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import math
+import os
+import random
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgspec
+
+from qlevents._exceptions import TransportError
+from qlevents.client._build import Encoded, as_dict, body
+from qlevents.client._config import Options
+from qlevents.client._transport import Answer
+from qlevents.events import ErrorEntry, EventsResponse, StoredEvent
+
+log: Final = logging.getLogger("qlevents.client")
+
+_decode_answer: Final = msgspec.json.Decoder(EventsResponse).decode
+RETRY_STATUSES: Final = frozenset({408, 425, 429})
+#: The client-side error code of an event that could not be delivered (no answer in time).
+NOT_DELIVERED: Final = "not_delivered"
+WRONG_ENDPOINT: Final = "wrong_endpoint"
+
+
+def new_idempotency_key() -> str:
+    """A fresh Idempotency-Key: 128 random bits."""
+    return "qle-" + os.urandom(16).hex()
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+@dataclass(slots=True)
+class Request:
+    """One POST of some of the delivery's events (all of them, unless split or redirected)."""
+
+    url: str
+    key: str
+    events: list[Encoded]
+    #: Where each event is in the delivery's input.
+    origins: list[int]
+    #: The sizes of the groups in ``events``, in order (groups are never split).
+    groups: list[int]
+    gzip_min_bytes: int | None
+    redirected: bool = False
+    tries: int = 0
+    plain: bytes = b""
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.plain = body(self.events)
+        self.encode(self.gzip_min_bytes)
+
+    def encode(self, gzip_min_bytes: int | None) -> None:
+        self.headers = {"content-type": "application/json", "idempotency-key": self.key}
+        if gzip_min_bytes is not None and len(self.plain) >= gzip_min_bytes:
+            packer = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+            self.body = packer.compress(self.plain) + packer.flush()
+            self.headers["content-encoding"] = "gzip"
+        else:
+            self.body = self.plain
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """The server's answer to ``send()``: the spec's three lists, indexes as given."""
+
+    processed: list[StoredEvent]
+    #: The refused events, as dicts, in the order they were given.
+    failed: list[dict[str, Any]]
+    #: Why: each entry's ``index`` is the event's position in the events given to send().
+    errors: list[ErrorEntry]
+
+    @property
+    def ok(self) -> bool:
+        """Every event was processed."""
+        return not self.failed and not self.errors
+
+
+class Delivery:
+    """The fate of one batch: which events were processed, refused, or not delivered."""
+
+    def __init__(
+        self,
+        events: Sequence[Encoded],
+        groups: Sequence[int],
+        *,
+        key: str,
+        endpoint: str,
+        options: Options,
+        budget: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.options = options
+        self.events = list(events)
+        self.processed: list[StoredEvent] = []
+        #: (index in the input, the errors about it) for every event the server refused.
+        self.failures: list[tuple[int, list[ErrorEntry]]] = []
+        #: Indexes of the events no answer was had for, and why.
+        self.undelivered: list[int] = []
+        self.reason = ""
+        #: Errors about a whole request the server answered (index None).
+        self.request_errors: list[ErrorEntry] = []
+        self.answered_any = False
+        self.retries = 0
+        self.requests = 0
+        self._clock = clock
+        self._deadline = clock() + budget
+        self._queue: deque[Request] = deque(
+            [
+                Request(
+                    endpoint,
+                    key,
+                    list(events),
+                    list(range(len(events))),
+                    list(groups),
+                    options.gzip_min_bytes,
+                )
+            ]
+        )
+
+    # --- the protocol with the I/O loop ----------------------------------------------------
+
+    def next(self) -> Request | None:
+        """The request to send now (the same one again on a retry), or None when done."""
+        return self._queue[0] if self._queue else None
+
+    def answered(self, request: Request, answer: Answer, seconds: float) -> float | None:
+        """The server answered ``request``; returns seconds to wait before a retry, or None."""
+        self.requests += 1
+        request.tries += 1
+        status = answer.status
+        parsed: EventsResponse | None = None
+        try:
+            parsed = _decode_answer(answer.body)
+        except msgspec.DecodeError:
+            parsed = None
+        if status == 200 and parsed is not None:
+            self._log_call(request, status, seconds, parsed, answer)
+            self.answered_any = True
+            self._settle_200(request, parsed)
+            return None
+        errors = list(parsed.errors) if parsed is not None else []
+        detail = (
+            "; ".join(f"{e.code}: {e.message}" for e in errors)
+            if errors
+            else answer.body[:200].decode("utf-8", "replace")
+        )
+        if status == 200 or status in RETRY_STATUSES or 500 <= status <= 599:
+            wait = retry_after(answer.headers.get("retry-after"))
+            return self._retry(request, f"status {status} ({detail})", seconds, wait)
+        self._log_failure(request, f"status {status} ({detail})", seconds, None)
+        self.answered_any = True
+        if status == 413 and len(request.groups) > 1:
+            self._split(request)
+            return None
+        if status == 415 and "content-encoding" in request.headers:
+            request.encode(None)  # a server that takes no gzip: send it plain
+            return 0.0
+        # The whole request was refused for good: every event in it failed with these errors.
+        self.request_errors.extend(errors)
+        if not errors:
+            errors = [ErrorEntry(None, None, f"http_{status}", f"the server answered {status}.")]
+        self._queue.popleft()
+        self.failures.extend((origin, errors) for origin in request.origins)
+        return None
+
+    def failed(self, request: Request, error: TransportError, seconds: float) -> float | None:
+        """No answer to ``request``; returns seconds to wait before a retry, or None."""
+        self.requests += 1
+        request.tries += 1
+        return self._retry(request, str(error), seconds, None)
+
+    def give_up(self, reason: str) -> None:
+        """Stop: whatever was not answered yet is not delivered."""
+        while self._queue:
+            self._abandon(self._queue.popleft(), reason)
+
+    def not_delivered(self) -> list[tuple[int, list[ErrorEntry]]]:
+        """The undelivered events, as failures with the client-side code ``not_delivered``."""
+        message = f"no answer from the server: {self.reason}."
+        return [(i, [ErrorEntry(i, None, NOT_DELIVERED, message)]) for i in self.undelivered]
+
+    def result(self) -> SendResult:
+        """The outcome as ``send()`` returns it."""
+        failures = sorted(self.failures + self.not_delivered(), key=lambda f: f[0])
+        errors = [e for _, entries in failures for e in entries if e.index is not None]
+        for _, entries in failures:  # an error about a whole request, once
+            errors.extend(e for e in entries if e.index is None and e not in errors)
+        return SendResult(
+            list(self.processed), [as_dict(self.events[i]) for i, _ in failures], errors
+        )
+
+    # --- decisions --------------------------------------------------------------------------
+
+    def _retry(
+        self, request: Request, what: str, seconds: float, wait: float | None
+    ) -> float | None:
+        options = self.options
+        backoff = random.uniform(
+            0, min(options.backoff_cap, options.backoff_base * 2**request.tries)
+        )
+        delay = backoff if wait is None else max(backoff, min(wait, options.retry_after_cap))
+        if self._clock() + delay > self._deadline:
+            self._log_failure(request, what, seconds, None)
+            self._queue.popleft()
+            self._abandon(request, f"{what}; gave up after {request.tries} tries")
+            return None
+        self._log_failure(request, what, seconds, delay)
+        self.retries += 1
+        return delay
+
+    def _abandon(self, request: Request, reason: str) -> None:
+        self.undelivered.extend(request.origins)
+        self.reason = reason
+
+    def _split(self, request: Request) -> None:
+        # The server's limits are lower than ours: send the groups in two halves, new keys.
+        self._queue.popleft()
+        half = len(request.groups) // 2
+        cut = sum(request.groups[:half])
+        halves = [
+            Request(
+                request.url,
+                f"{request.key[:250]}-{suffix}",
+                request.events[part],
+                request.origins[part],
+                groups,
+                self.options.gzip_min_bytes,
+                request.redirected,
+            )
+            for suffix, part, groups in (
+                ("a", slice(None, cut), request.groups[:half]),
+                ("b", slice(cut, None), request.groups[half:]),
+            )
+        ]
+        self._queue.extendleft(reversed(halves))
+
+    def _settle_200(self, request: Request, answer: EventsResponse) -> None:
+        self._queue.popleft()
+        self.processed.extend(answer.processed)
+        by_index: dict[int, list[ErrorEntry]] = {}
+        for error in answer.errors:
+            if error.index is not None and 0 <= error.index < len(request.events):
+                by_index.setdefault(error.index, []).append(error)
+        moved: dict[str, list[int]] = {}
+        for index, errors in sorted(by_index.items()):
+            origin = request.origins[index]
+            home = next((e.endpoint for e in errors if e.code == WRONG_ENDPOINT), None)
+            if home and not request.redirected and home != request.url:
+                moved.setdefault(home, []).append(index)
+            else:
+                self.failures.append(
+                    (origin, [msgspec.structs.replace(e, index=origin) for e in errors])
+                )
+        unaccounted = len(request.events) - len(answer.processed) - len(by_index)
+        if unaccounted:
+            log.error(
+                "POST %s: the answer accounts for %d of %d events; the server broke its contract",
+                request.url,
+                len(answer.processed) + len(by_index),
+                len(request.events),
+            )
+        for home, indexes in moved.items():
+            log.warning(
+                "POST %s: %d events belong to an account homed on %s; sending them there."
+                " Set endpoint=%r (Settings > Integration Settings).",
+                request.url,
+                len(indexes),
+                home,
+                home,
+            )
+            self._queue.append(
+                Request(
+                    home,
+                    f"{request.key[:230]}-moved-{len(self._queue)}",
+                    [request.events[i] for i in indexes],
+                    [request.origins[i] for i in indexes],
+                    [1] * len(indexes),
+                    self.options.gzip_min_bytes,
+                    redirected=True,
+                )
+            )
+
+    # --- the log: every call, with its timings ---------------------------------------------
+
+    def _log_call(
+        self, request: Request, status: int, seconds: float, answer: EventsResponse, raw: Answer
+    ) -> None:
+        failed = len(answer.failed)
+        level = logging.WARNING if failed else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "POST %s: %d events, %d bytes%s, status %d in %.3f s: %d processed, %d failed%s",
+                request.url,
+                len(request.events),
+                len(request.body),
+                " gzip" if "content-encoding" in request.headers else "",
+                status,
+                seconds,
+                len(answer.processed),
+                failed,
+                " (a replay: stored before)" if raw.headers.get("idempotent-replayed") else "",
+            )
+
+    def _log_failure(
+        self, request: Request, what: str, seconds: float, delay: float | None
+    ) -> None:
+        then = f"retrying in {delay:.2f} s" if delay is not None else "not retried"
+        log.warning(
+            "POST %s: %d events, %d bytes, try %d failed after %.3f s: %s; %s",
+            request.url,
+            len(request.events),
+            len(request.body),
+            request.tries,
+            seconds,
+            what,
+            then,
+        )

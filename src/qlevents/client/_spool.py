@@ -1,0 +1,260 @@
+"""The durable spool: queued events kept in SQLite until the server has answered for them.
+
+``put`` commits in the caller's thread before ``view()`` returns. WAL with
+``synchronous=NORMAL``: a commit is in the operating system's page cache when it returns,
+so it survives the process being killed (SIGKILL, OOM, a crash); only a power loss or kernel
+crash can lose the last commits. A batch is formed and its Idempotency-Key committed
+*before* its first send, so a client restarted on the spool sends the same body with the
+same key and the server stores it once. One process at a time sends from a spool: the one
+holding the lock file (``flock``, released by the kernel when its holder dies); the others
+only write to it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from qlevents.client._batch import Batch
+from qlevents.client._build import Encoded
+from qlevents.client._delivery import new_idempotency_key
+
+SPOOL_FILE: Final = "qlevents-spool.sqlite3"
+LOCK_FILE: Final = "qlevents-spool.lock"
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS groups (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    events  BLOB    NOT NULL,   -- the group's encoded events joined by ","
+    count   INTEGER NOT NULL,
+    created REAL    NOT NULL,
+    batch   INTEGER             -- NULL until it is put in a batch
+);
+CREATE INDEX IF NOT EXISTS groups_by_batch ON groups (batch);
+CREATE TABLE IF NOT EXISTS batches (
+    id   INTEGER PRIMARY KEY AUTOINCREMENT,
+    key  TEXT NOT NULL
+);
+"""
+#: Stale connections of a parent process: never closed in a forked child (SQLite forbids it).
+_inherited: list[Any] = []
+
+
+class Spool:
+    """A spool directory; the source the worker takes batches from when there is one."""
+
+    def __init__(
+        self, directory: str | os.PathLike[str], max_events: int, max_bytes: int, interval: float
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.interval = interval
+        self._db_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._conn = self._connect()
+        self._lock_fd: int | None = None
+        self._last_put = 0
+        self._urgent = 0
+        self._stopping = False
+        self._aborting = False
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.directory / SPOOL_FILE, isolation_level=None, check_same_thread=False, timeout=30
+        )
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.executescript(_SCHEMA)
+        return conn
+
+    def abandon(self) -> None:
+        """In a forked child: let go of the parent's connection and lock, touching neither."""
+        _inherited.append(self._conn)  # closing it here could disturb the parent's
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # a copy: the parent's lock stays held
+            self._lock_fd = None
+
+    def close(self) -> None:
+        with self._db_lock:
+            self._conn.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # --- the caller's side -------------------------------------------------------------------
+
+    def put(self, group: tuple[Encoded, ...]) -> None:
+        """Store a group durably (committed when this returns)."""
+        with self._db_lock:
+            cursor = self._conn.execute(
+                "INSERT INTO groups (events, count, created) VALUES (?, ?, ?)",
+                (b",".join(group), len(group), time.time()),
+            )
+            self._last_put = cursor.lastrowid or self._last_put
+        with self._cond:
+            self._cond.notify_all()
+
+    def pending(self) -> int:
+        with self._db_lock:
+            row = self._conn.execute("SELECT COALESCE(SUM(count), 0) FROM groups").fetchone()
+        return int(row[0])
+
+    def flush(self, timeout: float | None) -> tuple[bool, int]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        target = self._last_put
+        with self._cond:
+            self._urgent += 1
+            self._cond.notify_all()
+        try:
+            while True:
+                left = self._left_through(target)
+                if not left:
+                    return True, 0
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if (remaining is not None and remaining <= 0) or self._aborting:
+                    return False, left
+                with self._cond:
+                    # Another process may be the sender: poll as well as wait for our worker.
+                    self._cond.wait(0.05 if remaining is None else min(0.05, remaining))
+        finally:
+            with self._cond:
+                self._urgent -= 1
+
+    def _left_through(self, row_id: int) -> int:
+        with self._db_lock:
+            row = self._conn.execute(
+                "SELECT COALESCE(SUM(count), 0) FROM groups WHERE id <= ?", (row_id,)
+            ).fetchone()
+        return int(row[0])
+
+    # --- the worker's side -------------------------------------------------------------------
+
+    def _own(self) -> bool:
+        if self._lock_fd is not None:
+            return True
+        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
+    def take(self) -> Batch | None:
+        while True:
+            if self._aborting:
+                return None
+            if not self._own():
+                if self._stopping:
+                    return None  # another process sends from this spool
+                self._wait(0.5)
+                continue
+            batch, wait = self._next_batch()
+            if batch is not None:
+                return batch
+            if self._stopping:
+                return None
+            self._wait(wait)
+
+    def _wait(self, seconds: float) -> None:
+        with self._cond:
+            if not (self._stopping or self._aborting):
+                self._cond.wait(min(seconds, 0.05) if self._urgent else seconds)
+
+    def _next_batch(self) -> tuple[Batch | None, float]:
+        with self._db_lock:
+            conn = self._conn
+            row = conn.execute("SELECT id, key FROM batches ORDER BY id LIMIT 1").fetchone()
+            if row is not None:  # formed before (by us, or by a process that died): send again
+                return self._load(row[0], row[1]), 0
+            count, size, oldest = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(count), 0), MIN(created) FROM groups"
+                " WHERE batch IS NULL"
+            ).fetchone()
+            if not count:
+                return None, 1.0
+            due = oldest + self.interval - time.time()
+            if due > 0 and not (self._urgent or self._stopping or size >= self.max_events):
+                return None, min(due, 1.0)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                chosen: list[int] = []
+                events = 0
+                nbytes = 2
+                for group_id, group_count, group_bytes in conn.execute(
+                    "SELECT id, count, length(events) FROM groups WHERE batch IS NULL"
+                    " ORDER BY id LIMIT ?",
+                    (self.max_events,),
+                ):
+                    if chosen and (
+                        events + group_count > self.max_events
+                        or nbytes + group_bytes + 1 > self.max_bytes
+                    ):
+                        break
+                    chosen.append(group_id)
+                    events += group_count
+                    nbytes += group_bytes + 1
+                key = new_idempotency_key()
+                batch_id = conn.execute("INSERT INTO batches (key) VALUES (?)", (key,)).lastrowid
+                conn.executemany(
+                    "UPDATE groups SET batch = ? WHERE id = ?", [(batch_id, g) for g in chosen]
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            assert batch_id is not None
+            return self._load(batch_id, key), 0
+
+    def _load(self, batch_id: int, key: str) -> Batch:
+        rows = self._conn.execute(
+            "SELECT events, count FROM groups WHERE batch = ? ORDER BY id", (batch_id,)
+        ).fetchall()
+        events: list[Encoded] = []
+        groups: list[int] = []
+        for fragment, count in rows:
+            # The body is rebuilt byte for byte on a re-send: same events, same order.
+            if count == 1:
+                events.append(bytes(fragment))
+            else:
+                events.extend(_split_fragment(bytes(fragment), count))
+            groups.append(count)
+        return Batch(events, groups, key=key, spool_id=batch_id)
+
+    def settle(self, batch: Batch, delivered: bool) -> None:
+        if delivered:
+            with self._db_lock:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute("DELETE FROM groups WHERE batch = ?", (batch.spool_id,))
+                self._conn.execute("DELETE FROM batches WHERE id = ?", (batch.spool_id,))
+                self._conn.execute("COMMIT")
+        with self._cond:
+            self._cond.notify_all()
+
+    def sleep(self, seconds: float) -> bool:
+        with self._cond:
+            if not self._aborting:
+                self._cond.wait(seconds)
+        return not self._aborting
+
+    def stop(self, abort: bool = False) -> None:
+        with self._cond:
+            self._stopping = True
+            self._aborting = self._aborting or abort
+            self._cond.notify_all()
+
+
+def _split_fragment(fragment: bytes, count: int) -> list[Encoded]:
+    # A group's events joined by ",": split without decoding them, as raw JSON values.
+    raws = msgspec.json.decode(b"[" + fragment + b"]", type=list[msgspec.Raw])
+    assert len(raws) == count
+    return [bytes(raw) for raw in raws]

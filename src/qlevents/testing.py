@@ -57,7 +57,7 @@ Handler = Callable[[RecordedRequest], Answer | None]
 
 
 class _Recorder:
-    def __init__(self, handler: Handler | None) -> None:
+    def __init__(self, handler: Handler | None = None) -> None:
         self.handler = handler
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()

@@ -315,7 +315,9 @@ class AsyncClient:
 
     # --- sending now ---------------------------------------------------------------------------
 
-    async def send(self, events: Iterable[Any]) -> SendResult:
+    async def send(
+        self, events: Iterable[Any], *, idempotency_key: str | None = None
+    ) -> SendResult:
         """Send ``events`` now, together in one request, and return the server's answer."""
         if self._state is not State.OPEN:
             raise ClientClosedError("the client is closed")
@@ -325,7 +327,7 @@ class AsyncClient:
         delivery = Delivery(
             group,
             [len(group)],
-            key=new_idempotency_key(),
+            key=idempotency_key or new_idempotency_key(),
             endpoint=self.options.endpoint,
             options=self.options,
             budget=self.options.send_retry_budget,

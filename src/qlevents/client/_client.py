@@ -266,7 +266,7 @@ class Client:
 
     # --- sending now ---------------------------------------------------------------------------
 
-    def send(self, events: Iterable[Any]) -> SendResult:
+    def send(self, events: Iterable[Any], *, idempotency_key: str | None = None) -> SendResult:
         """Send ``events`` now, together in one request, and return the server's answer.
 
         Retries (same Idempotency-Key) within ``send_retry_budget`` seconds; raises
@@ -281,7 +281,7 @@ class Client:
         delivery = Delivery(
             group,
             [len(group)],
-            key=new_idempotency_key(),
+            key=idempotency_key or new_idempotency_key(),
             endpoint=self.options.endpoint,
             options=self.options,
             budget=self.options.send_retry_budget,

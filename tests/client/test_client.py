@@ -1,0 +1,286 @@
+"""Client: events built and checked at the call site, queued, sent in batches, stored."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import pytest
+
+from qlevents import (
+    Client,
+    ClientClosedError,
+    ClientError,
+    EventValidationError,
+    TransportError,
+)
+from qlevents.testing import RecordingTransport
+from tests.client.conftest import eventually, product_ids
+from tests.support import RunningServer, conversion, free_port, view
+
+MakeClient = Callable[..., Client]
+
+
+class TestEventsReachTheStore:
+    def test_view_is_stored_as_given(self, server: RunningServer, make_client: MakeClient) -> None:
+        """view() with every field lands in the store with those fields."""
+        client = make_client(server.client_key, server.events_url)
+        client.view(
+            product_id="123-AA-X23",
+            price=123.41,
+            permalink="https://yourstore.com/123-AA-X23/",
+            vid="DASDAS-#CCCC-NA",
+            tags=["user:new"],
+            channels=["online"],
+        )
+        assert client.flush(20)
+        [stored] = server.stored()
+        assert stored["event"] == "view" and stored["product_id"] == "123-AA-X23"
+        assert stored["price"] == 123.41 and stored["vid"] == "DASDAS-#CCCC-NA"
+        assert stored["tags"] == ["user:new"] and stored["channels"] == ["online"]
+
+    def test_conversion_total_is_decimal_exact(
+        self, server: RunningServer, make_client: MakeClient
+    ) -> None:
+        """unit_price=10.1, units=3 stores price 30.3 (not 30.299999999999997) and units 3."""
+        client = make_client(server.client_key, server.events_url)
+        client.conversion(product_id="p", unit_price=10.1, units=3)
+        client.conversion(product_id="q", price=60)
+        assert client.flush(20)
+        stored = {e["product_id"]: e for e in server.stored()}
+        assert stored["p"]["price"] == 30.3 and stored["p"]["units"] == 3
+        assert stored["q"]["price"] == 60.0 and stored["q"]["units"] is None
+
+    def test_many_views_are_stored_exactly_once(
+        self, server: RunningServer, make_client: MakeClient
+    ) -> None:
+        """2,000 views from 4 threads: every one stored, none twice."""
+        import threading
+
+        client = make_client(server.client_key, server.events_url, max_batch_events=200)
+
+        def produce(offset: int) -> None:
+            for i in range(500):
+                client.view(product_id=f"p{offset + i}", price=1, permalink="https://s.example/")
+
+        threads = [threading.Thread(target=produce, args=(n * 500,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert client.flush(30)
+        assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(2000))
+        stats = client.stats()
+        assert stats["enqueued"] == stats["sent"] == stats["processed"] == 2000
+        assert stats["dropped"] == stats["failed"] == stats["pending"] == 0
+
+
+class TestLocalValidation:
+    @pytest.mark.parametrize(
+        ("price", "unit_price", "says"),
+        [(10.0, 5.0, "both"), (None, None, "neither")],
+    )
+    def test_price_xor_unit_price(
+        self, price: float | None, unit_price: float | None, says: str
+    ) -> None:
+        """Giving both or neither of price and unit_price is a clear error at the call site."""
+        with Client("k", "http://127.0.0.1:9/events", transport=RecordingTransport()) as client:
+            with pytest.raises(EventValidationError, match=f"exactly one of price.*got {says}"):
+                client.conversion(product_id="p", price=price, unit_price=unit_price, units=2)
+            assert client.stats()["enqueued"] == 0
+
+    def test_broken_event_raises_with_every_problem_and_is_never_sent(self) -> None:
+        """The server's rules run at the call site: all problems named, nothing queued."""
+        transport = RecordingTransport()
+        with Client("k", "http://127.0.0.1:9/events", transport=transport) as client:
+            with pytest.raises(EventValidationError) as caught:
+                client.view(product_id="", price=-1, permalink="not a url")
+            assert {p.field for p in caught.value.problems} == {"product_id", "price", "permalink"}
+            assert {p.code for p in caught.value.problems} == {
+                "empty_value", "out_of_range", "invalid_url",
+            }  # fmt: skip
+            assert client.flush(5)
+        assert transport.requests == []
+
+    def test_conversion_with_two_channels_is_refused(self) -> None:
+        """The spec's one-channel rule for conversions applies locally too."""
+        client = Client("k", "http://127.0.0.1:9/events", transport=RecordingTransport())
+        with client, pytest.raises(EventValidationError, match="at most one item"):
+            client.conversion(product_id="p", price=1, channels=["a", "b"])
+
+    def test_group_names_the_position_of_a_broken_event(self) -> None:
+        """enqueue() refuses the whole group and says which event is broken."""
+        client = Client("k", "http://127.0.0.1:9/events", transport=RecordingTransport())
+        with client, pytest.raises(EventValidationError, match="event 1: price"):
+            client.enqueue([conversion("k"), conversion("k", price="free")])
+
+    def test_empty_client_key_is_refused(self) -> None:
+        """A client without a key is a mistake caught at construction."""
+        with pytest.raises(ClientError, match="client_key"):
+            Client("", "http://127.0.0.1:9/events")
+
+    def test_bad_option_is_refused(self) -> None:
+        """Options outside the server's limits are refused at construction."""
+        with pytest.raises(ClientError, match="max_batch_events"):
+            Client("k", "http://127.0.0.1:9/events", max_batch_events=5000)
+
+
+class TestGroups:
+    def test_events_given_together_travel_in_one_request(self) -> None:
+        """A checkout's conversions given to enqueue() are never split over requests."""
+        transport = RecordingTransport()
+        with Client(
+            "k", "http://127.0.0.1:9/events", transport=transport, max_batch_events=3
+        ) as client:
+            client.view(product_id="v", price=1, permalink="https://s.example/")
+            client.enqueue([conversion("k", product_id=f"c{i}") for i in range(3)])
+            client.view(product_id="w", price=1, permalink="https://s.example/")
+            assert client.flush(10)
+        batches = [[e["product_id"] for e in r.events] for r in transport.requests]
+        assert ["c0", "c1", "c2"] in batches
+
+    def test_batches_close_on_count(self) -> None:
+        """35 events with max_batch_events=10 go in 4 requests, in order."""
+        transport = RecordingTransport()
+        with Client(
+            "k", "http://127.0.0.1:9/events", transport=transport, max_batch_events=10,
+            flush_interval=60,
+        ) as client:  # fmt: skip
+            for i in range(35):
+                client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
+            assert client.flush(10)
+        assert [len(r.events) for r in transport.requests] == [10, 10, 10, 5]
+        assert [e["product_id"] for e in transport.events] == [f"p{i}" for i in range(35)]
+
+    def test_batches_close_on_bytes(self) -> None:
+        """Batches stay under max_batch_bytes."""
+        transport = RecordingTransport()
+        with Client(
+            "k", "http://127.0.0.1:9/events", transport=transport, max_batch_bytes=2048,
+        ) as client:  # fmt: skip
+            for i in range(40):
+                client.view(product_id=f"p{i}", price=1, permalink="https://s.example/" + "x" * 50)
+            assert client.flush(10)
+        assert len(transport.requests) > 1
+        assert all(len(r.body) <= 2048 for r in transport.requests)
+        assert len(transport.events) == 40
+
+
+class TestSend:
+    def test_send_returns_the_servers_answer(
+        self, server: RunningServer, make_client: MakeClient
+    ) -> None:
+        """send() posts now, in one request, and returns processed / failed / errors."""
+        client = make_client(server.client_key, server.events_url)
+        result = client.send([view(server.client_key), conversion("qlk_unknown_key")])
+        assert len(result.processed) == 1 and not result.ok
+        assert result.failed == [conversion("qlk_unknown_key")]
+        assert [(e.index, e.code) for e in result.errors] == [(1, "unknown_client_key")]
+        assert len(server.stored()) == 1
+
+    def test_send_fills_in_the_client_key(
+        self, server: RunningServer, make_client: MakeClient
+    ) -> None:
+        """Events given to send() without a client_key get the client's."""
+        client = make_client(server.client_key, server.events_url)
+        event = view(server.client_key)
+        del event["client_key"]
+        assert client.send([event]).ok
+        assert server.stored()[0]["client_key"] == server.client_key
+
+    def test_send_raises_when_the_server_is_unreachable(self, make_client: MakeClient) -> None:
+        """No answer within send_retry_budget: TransportError, not a hang."""
+        client = make_client("k", f"http://127.0.0.1:{free_port()}/events", send_retry_budget=0.3)
+        with pytest.raises(TransportError, match="not delivered"):
+            client.send([view("k")])
+
+    def test_more_than_one_request_can_hold_is_refused(self, make_client: MakeClient) -> None:
+        """A group over the server's limit of 1000 events is refused before sending."""
+        client = make_client("k", "http://127.0.0.1:9/events")
+        with pytest.raises(ClientError, match="one request"):
+            client.send([view("k")] * 1001)
+
+
+class TestLifecycle:
+    def test_closed_client_refuses_events(self) -> None:
+        """After close(), view() raises ClientClosedError."""
+        client = Client("k", "http://127.0.0.1:9/events", transport=RecordingTransport())
+        client.close()
+        client.close()  # twice is fine
+        with pytest.raises(ClientClosedError):
+            client.view(product_id="p", price=1, permalink="https://s.example/")
+
+    def test_flush_times_out_and_says_what_is_pending(
+        self, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """With the server down, flush(timeout) returns False and logs how many are pending."""
+        client = make_client("k", f"http://127.0.0.1:{free_port()}/events")
+        for i in range(3):
+            client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
+        assert client.flush(0.5) is False
+        assert "3 events still pending" in caplog.text
+
+    def test_close_is_bounded_and_counts_what_it_drops(
+        self, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """close(timeout) with the server down returns, counting undelivered events dropped."""
+        failures: list[str] = []
+        client = make_client(
+            "k",
+            f"http://127.0.0.1:{free_port()}/events",
+            on_failure=lambda event, errors: failures.append(errors[0].code),
+        )
+        client.view(product_id="p", price=1, permalink="https://s.example/")
+        client.close(timeout=0.5)
+        assert client.stats()["dropped"] == 1
+        assert failures == ["not_delivered"]
+
+
+class TestFullQueue:
+    def test_full_queue_drops_counts_and_warns_once(
+        self, server: RunningServer, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Server down, queue of 10: 40 of 50 dropped and counted, one warning; 10 stored."""
+        server.stop()
+        client = make_client(server.client_key, server.events_url, max_queue_size=10)
+        with caplog.at_level(logging.WARNING, "qlevents.client"):
+            for i in range(50):
+                client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
+        assert client.stats()["dropped"] == 40
+        assert sum("the queue is full" in r.message for r in caplog.records) == 1
+        server.start()
+        assert client.flush(30)
+        assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(10))
+
+
+class TestLogging:
+    def test_every_call_is_logged_with_its_timings(
+        self, server: RunningServer, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Each POST logs batch size, bytes, status, seconds and processed/failed counts."""
+        client = make_client(server.client_key, server.events_url)
+        with caplog.at_level(logging.INFO, "qlevents.client"):
+            client.enqueue([view(server.client_key), view("qlk_nobody")])
+            assert client.flush(20)
+        [call] = [r for r in caplog.records if r.message.startswith("POST")]
+        assert call.levelno == logging.WARNING  # one event failed
+        assert "2 events" in call.message and "bytes" in call.message
+        assert "status 200 in" in call.message and "1 processed, 1 failed" in call.message
+
+    def test_refused_event_goes_to_on_failure_and_the_log(
+        self, server: RunningServer, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A permanent failure reaches on_failure with the server's errors, and a WARNING."""
+        failures: list[tuple[dict[str, object], list[str]]] = []
+        client = make_client(
+            "qlk_nobody",
+            server.events_url,
+            on_failure=lambda event, errors: failures.append((event, [e.code for e in errors])),
+        )
+        client.view(product_id="p", price=1, permalink="https://s.example/")
+        assert client.flush(20)
+        eventually(lambda: failures, what="on_failure")
+        [(event, codes)] = failures
+        assert event["product_id"] == "p" and codes == ["unknown_client_key"]
+        assert "event not stored: view 'p': unknown_client_key" in caplog.text
+        assert client.stats()["failed"] == 1

@@ -30,7 +30,9 @@ CREATE TABLE IF NOT EXISTS accounts (
     name       TEXT NOT NULL,
     status     TEXT NOT NULL CHECK (status IN ('active', 'disabled')),
     endpoint   TEXT,            -- NULL: homed on this installation
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    rate_limit REAL,            -- events per second; NULL: the server's default; 0: unlimited
+    burst      REAL             -- bucket size; NULL: the server's default
 );
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -48,14 +50,18 @@ class Account:
     endpoint: str | None
     """None while homed on this installation; else the URL of the installation it moved to."""
     created_at: str
+    rate_limit: float | None = None
+    """Events per second this account may send; None: the server's default; 0: unlimited."""
+    burst: float | None = None
+    """How many events it may send at once above its rate; None: the server's default."""
 
     def home(self, local_endpoint: str) -> str:
         """The URL this account's events must be sent to."""
         return self.endpoint or local_endpoint
 
-    def as_dict(self, local_endpoint: str) -> dict[str, str]:
+    def as_dict(self, local_endpoint: str) -> dict[str, object]:
         """The account as the CLI and the admin API show it."""
-        shown = asdict(self)
+        shown: dict[str, object] = asdict(self)
         shown["endpoint"] = self.home(local_endpoint)
         return shown
 
@@ -92,6 +98,10 @@ class AccountBook:
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = FULL")
         self._conn.executescript(_SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(accounts)")}
+        for column in ("rate_limit", "burst"):  # books made before rate limits existed
+            if column not in columns:
+                self._conn.execute(f"ALTER TABLE accounts ADD COLUMN {column} REAL")
 
     def close(self) -> None:
         self._conn.close()
@@ -143,14 +153,14 @@ class AccountBook:
 
     def all(self) -> list[Account]:
         rows = self._conn.execute(
-            "SELECT name, client_key, status, endpoint, created_at FROM accounts"
+            "SELECT name, client_key, status, endpoint, created_at, rate_limit, burst FROM accounts"
             " ORDER BY created_at, name"
         ).fetchall()
         return [Account(*row) for row in rows]
 
     def get(self, client_key: str) -> Account:
         row = self._conn.execute(
-            "SELECT name, client_key, status, endpoint, created_at FROM accounts"
+            "SELECT name, client_key, status, endpoint, created_at, rate_limit, burst FROM accounts"
             " WHERE client_key = ?",
             (client_key,),
         ).fetchone()
@@ -162,6 +172,18 @@ class AccountBook:
         self.get(client_key)
         self._conn.execute(
             "UPDATE accounts SET status = ? WHERE client_key = ?", (status, client_key)
+        )
+        return self.get(client_key)
+
+    def set_limit(self, client_key: str, rate: float | None, burst: float | None) -> Account:
+        """Give the account its own rate limit (None: back to the server's default)."""
+        self.get(client_key)
+        for name, value in (("rate", rate), ("burst", burst)):
+            if value is not None and not (value >= 0 and value < float("inf")):
+                raise AccountError(f"a {name} must be a finite number >= 0; got {value!r}")
+        self._conn.execute(
+            "UPDATE accounts SET rate_limit = ?, burst = ? WHERE client_key = ?",
+            (rate, burst, client_key),
         )
         return self.get(client_key)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,12 +49,23 @@ def _local_endpoint(args: argparse.Namespace, book: Any) -> str:
     return str(explicit or book.local_endpoint(_default_endpoint("127.0.0.1", 8080)))
 
 
-def _print_account(account: dict[str, str], as_json: bool) -> None:
+def _print_account(account: dict[str, object], as_json: bool) -> None:
     if as_json:
         print(json.dumps(account))
         return
     for field in ("name", "client_key", "status", "endpoint", "created_at"):
         print(f"{field + ':':12} {account[field]}")
+    rate, burst = account["rate_limit"], account["burst"]
+    if rate is not None:
+        limit = "unlimited" if rate == 0 else f"{rate:g} events/s, burst {burst or rate:g}"
+        print(f"{'rate limit:':12} {limit}")
+
+
+def _number(text: str, option: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise CommandError(f"{option} must be a number; got {text!r}", exit_code=2) from None
 
 
 # --- accounts ------------------------------------------------------------------------------
@@ -85,6 +95,10 @@ def cmd_accounts(args: argparse.Namespace) -> int:
             account = book.get(args.key)
         elif action in ("disable", "enable"):
             account = book.set_status(args.key, DISABLED if action == "disable" else ACTIVE)
+        elif action == "limit":
+            rate = None if args.rate == "default" else _number(args.rate, "--rate")
+            burst = None if args.burst is None else _number(args.burst, "--burst")
+            account = book.set_limit(args.key, rate, burst)
         else:  # move
             account = book.move(args.key, args.endpoint, local)
         _print_account(account.as_dict(local), args.json)
@@ -123,20 +137,26 @@ def cmd_events_export(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - fail early with the extra's name
 
         from qlevents.server.config import Settings
-        from qlevents.server.logging import log_config
+        from qlevents.server.run import run_server
     except ImportError as exc:
         raise CommandError(
             f"'qlevents serve' needs the server extra ({exc.name} is missing):"
             " pip install 'qlevents[server]'"
         ) from exc
-    from qlevents.accounts import AccountBook
+    from qlevents.accounts import AccountBook, normalize_endpoint
 
+    if args.workers < 1:
+        raise CommandError("--workers must be 1 or more", exit_code=2)
+    if args.admin_port and args.admin_port == args.port:
+        raise CommandError("--admin-port must differ from --port", exit_code=2)
     data_dir = _data_dir(args).resolve()
-    endpoint = args.endpoint_url or _default_endpoint(args.host, args.port)
+    endpoint = normalize_endpoint(args.endpoint_url or _default_endpoint(args.host, args.port))
     admin_token = args.admin_token or os.environ.get("QLEVENTS_ADMIN_TOKEN", "")
+    if args.admin_port and not admin_token:
+        raise CommandError("--admin-port needs an admin token (--admin-token)", exit_code=2)
     settings = Settings(
         data_dir=data_dir,
         endpoint_url=endpoint,
@@ -146,6 +166,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         synchronous=args.synchronous,
         store=args.store,
         access_log=not args.no_access_log,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        max_inflight_requests=args.max_inflight_requests,
+        rate_limit=args.rate_limit,
+        rate_burst=args.rate_burst,
+        workers=args.workers,
+        admin_port=args.admin_port,
     )
     book = AccountBook(data_dir)
     try:
@@ -164,31 +191,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
     finally:
         book.close()
-    os.environ.update(settings.to_env())
-    if args.workers > 1:
-        # Each worker writes its metrics here; /metrics adds them up.
-        metrics_dir = data_dir / "metrics"
-        metrics_dir.mkdir(parents=True, exist_ok=True)
-        for stale in metrics_dir.glob("*.db"):
-            stale.unlink()
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler it
-    # found at start-up. Make that handler a no-op so a clean shutdown exits 0, as process
-    # supervisors expect.
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    uvicorn.run(
-        "qlevents.server.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=log_config(args.log_level),
-        server_header=False,
-        timeout_graceful_shutdown=30,
-    )
+    run_server(settings, host=args.host, port=args.port, admin_host=args.admin_host,
+               log_level=args.log_level)  # fmt: skip
     return 0
 
 
@@ -212,6 +216,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="this installation's public endpoint URL (default http://HOST:PORT/events)",
     )
     serve.add_argument("--admin-token", help="enable the admin API (env QLEVENTS_ADMIN_TOKEN)")
+    serve.add_argument(
+        "--admin-port", type=int, default=0, help="serve the admin API on this port only"
+    )
+    serve.add_argument("--admin-host", default="127.0.0.1", help="address of --admin-port")
+    serve.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds to receive headers"
+    )
+    serve.add_argument("--body-timeout", type=float, default=30.0, help="seconds to receive a body")
+    serve.add_argument(
+        "--max-inflight-requests",
+        type=int,
+        default=1024,
+        help="requests one worker takes at once before answering 503",
+    )
+    serve.add_argument(
+        "--rate-limit",
+        type=float,
+        default=0.0,
+        help="default events/s per account (0: unlimited); accounts limit KEY overrides",
+    )
+    serve.add_argument(
+        "--rate-burst", type=float, default=0.0, help="default burst (0: one second's worth)"
+    )
     serve.add_argument("--max-body-bytes", type=int, default=5 * 1024 * 1024)
     serve.add_argument("--max-events", type=int, default=1000)
     serve.add_argument("--synchronous", choices=["FULL", "EXTRA"], default="FULL")
@@ -235,6 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     move = actions.add_parser("move", parents=[common], help="home an account elsewhere")
     move.add_argument("key")
     move.add_argument("--endpoint", required=True, help="the URL it is homed on from now")
+    limit = actions.add_parser(
+        "limit", parents=[common], help="set an account's rate limit (events per second)"
+    )
+    limit.add_argument("key")
+    limit.add_argument(
+        "--rate", required=True, help="events per second; 0: unlimited; 'default': the server's"
+    )
+    limit.add_argument("--burst", help="events it may send at once (default: one second's worth)")
     accounts.set_defaults(handler=cmd_accounts)
 
     events = commands.add_parser("events", help="read stored events")
@@ -247,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--client-key", help="only this account's events")
     export.add_argument("--after", type=int, default=0, help="start after this store position")
     export.set_defaults(handler=cmd_events_export)
+
+    from qlevents.client.send_command import add_send_command
+
+    add_send_command(commands, _Parser)
 
     return parser
 

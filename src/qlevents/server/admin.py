@@ -6,6 +6,7 @@
     POST /admin/accounts/{key}/disable       disable (its events fail with disabled_client_key)
     POST /admin/accounts/{key}/enable        enable again
     POST /admin/accounts/{key}/move          {"endpoint": URL} home it on another installation
+    POST /admin/accounts/{key}/limit         {"rate": events/s, "burst": events}; null: default
 
 Disabled (every route answers 404) unless an admin token is configured.
 """
@@ -32,6 +33,11 @@ class _NewAccount(msgspec.Struct, forbid_unknown_fields=True):
 
 class _Move(msgspec.Struct, forbid_unknown_fields=True):
     endpoint: str
+
+
+class _Limit(msgspec.Struct, forbid_unknown_fields=True):
+    rate: float | None = None
+    burst: float | None = None
 
 
 class Admin:
@@ -76,6 +82,12 @@ class Admin:
                 if action in ("disable", "enable"):
                     new_status: Status = DISABLED if action == "disable" else ACTIVE
                     account = self.directory.change(lambda b: b.set_status(key, new_status))
+                    return await _answer(send, 200, account.as_dict(local))
+                if action == "limit":
+                    limit = msgspec.json.decode(body, type=_Limit)
+                    account = self.directory.change(
+                        lambda b: b.set_limit(key, limit.rate, limit.burst)
+                    )
                     return await _answer(send, 200, account.as_dict(local))
                 if action == "move":
                     move = msgspec.json.decode(body, type=_Move)

@@ -22,6 +22,7 @@ from qlevents.server.config import Settings
 from qlevents.server.directory import AccountDirectory
 from qlevents.server.ingest import ClientDisconnected, Ingest
 from qlevents.server.metrics import CONTENT_TYPE, Metrics
+from qlevents.server.ratelimit import RateLimiter
 from qlevents.server.responses import send_body, send_json, send_request_error
 from qlevents.server.types import Receive, Scope, Send
 from qlevents.store.base import EventStore
@@ -47,6 +48,7 @@ def build_store(settings: Settings, metrics: Metrics) -> EventStore:
     return SQLiteEventStore(
         settings.data_dir / EVENTS_FILE,
         synchronous=settings.synchronous,
+        max_pending_events=settings.max_pending_events,
         observer=metrics.commit,
     )
 
@@ -61,14 +63,22 @@ class EventsApp:
         self.metrics = Metrics()
         self.store = store if store is not None else build_store(settings, self.metrics)
         self.directory = AccountDirectory(AccountBook(settings.data_dir), settings.endpoint_url)
+        self.limiter = RateLimiter(
+            settings.rate_limit, settings.rate_burst, share=1 / max(1, settings.workers)
+        )
+        self.directory.listeners.append(self.limiter.update)
         self.ingest = Ingest(
             self.store,
             self.directory,
             self.metrics,
+            self.limiter,
             max_body_bytes=settings.max_body_bytes,
             max_events=settings.max_events,
+            max_inflight_requests=settings.max_inflight_requests,
+            max_inflight_bytes=settings.max_inflight_bytes,
         )
         self.admin = Admin(self.directory, settings.admin_token) if settings.admin_token else None
+        self.admin_port = settings.admin_port
         self.openapi = (resources.files("qlevents.server") / "openapi.json").read_bytes()
         self._log_access = settings.access_log and access_log.isEnabledFor(logging.INFO)
 
@@ -114,7 +124,14 @@ class EventsApp:
         path: str = scope["path"]
         method: str = scope["method"]
         processed = failed = 0
-        if path == "/events":
+        target = path
+        if self.admin_port:
+            # The admin API has a listener of its own: only admin routes there, none here.
+            server = scope.get("server")
+            on_admin_port = server is not None and server[1] == self.admin_port
+            if on_admin_port != path.startswith("/admin/"):
+                target = ""  # answered 404 below
+        if target == "/events":
             route = "/events"
             if method == "POST":
                 try:
@@ -132,12 +149,12 @@ class EventsApp:
                     f"{method} is not allowed on /events; send events with POST.",
                     [(b"allow", b"POST")],
                 )
-        elif path.startswith("/admin/") and self.admin is not None:
+        elif target.startswith("/admin/") and self.admin is not None:
             route = "/admin"
             status = await self.admin(scope, receive, send)
-        elif method in ("GET", "HEAD") and path in _GET_ROUTES:
-            route = path
-            status = await getattr(self, _GET_ROUTES[path])(send)
+        elif method in ("GET", "HEAD") and target in _GET_ROUTES:
+            route = target
+            status = await getattr(self, _GET_ROUTES[target])(send)
         else:
             route = "other"
             status = 404

@@ -31,6 +31,21 @@ class Settings:
     #: "sqlite" (default) or "memory" (nothing survives; for trying the API).
     store: str = "sqlite"
     access_log: bool = True
+    #: Seconds a client may take to send a request's headers, then its body (slowloris).
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    #: Requests one worker takes at once, and their bytes; past either it answers 503.
+    max_inflight_requests: int = 1024
+    max_inflight_bytes: int = 256 * 1024 * 1024
+    #: Events the store may hold waiting for a commit before the API answers 503.
+    max_pending_events: int = 200_000
+    #: Default per-account rate limit (events/s; 0 = unlimited) and burst (events).
+    rate_limit: float = 0.0
+    rate_burst: float = 0.0
+    #: Worker processes (each holds 1/workers of every rate limit).
+    workers: int = 1
+    #: Serve the admin API on this port only (0: on the main port, beside /events).
+    admin_port: int = 0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -44,6 +59,8 @@ class Settings:
                 values[f.name] = Path(raw)
             elif f.type == "int":
                 values[f.name] = int(raw)
+            elif f.type == "float":
+                values[f.name] = float(raw)
             elif f.type == "bool":
                 values[f.name] = raw.lower() in {"1", "true", "yes", "on"}
             else:

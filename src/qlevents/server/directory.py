@@ -25,10 +25,14 @@ class AccountDirectory:
         self.snapshot: dict[str, Account] = {}
         self._version = -1
         self._poller: asyncio.Task[None] | None = None
+        #: Called with the new snapshot after every reload.
+        self.listeners: list[Callable[[dict[str, Account]], None]] = []
 
     def reload(self) -> None:
         self._version = self.book.data_version()
         self.snapshot = {a.client_key: a for a in self.book.all()}
+        for listener in self.listeners:
+            listener(self.snapshot)
 
     def change(self, operation: Callable[[AccountBook], T]) -> T:
         """Apply ``operation`` to the book and refresh the snapshot at once."""

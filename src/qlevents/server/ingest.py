@@ -20,6 +20,7 @@ from qlevents.events import ConversionEvent, ErrorEntry, EventsResponse, StoredE
 from qlevents.server.directory import AccountDirectory
 from qlevents.server.ids import new_event_ids, utc_now_iso
 from qlevents.server.metrics import Metrics
+from qlevents.server.ratelimit import RateLimiter
 from qlevents.server.responses import encode, send_body, send_request_error
 from qlevents.server.types import Receive, Scope, Send
 from qlevents.store.base import EventStore, IdempotencyRecord
@@ -77,26 +78,51 @@ class Ingest:
         store: EventStore,
         accounts: AccountDirectory,
         metrics: Metrics,
+        limiter: RateLimiter,
         *,
         max_body_bytes: int,
         max_events: int,
+        max_inflight_requests: int,
+        max_inflight_bytes: int,
     ) -> None:
         self.store = store
         self.accounts = accounts
         self.metrics = metrics
+        self.limiter = limiter
         self.max_body_bytes = max_body_bytes
         self.max_events = max_events
+        self.max_inflight_requests = max_inflight_requests
+        self.max_inflight_bytes = max_inflight_bytes
+        self.inflight_requests = 0
+        self.inflight_bytes = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> Outcome:
         try:
-            return await self._handle(scope, receive, send)
+            if self.inflight_requests >= self.max_inflight_requests:
+                raise _overloaded(f"{self.inflight_requests} requests are in progress")
+            self.inflight_requests += 1
+            held = [0]  # bytes this request holds against max_inflight_bytes
+            try:
+                return await self._handle(scope, receive, send, held)
+            finally:
+                self.inflight_requests -= 1
+                self.inflight_bytes -= held[0]
         except RequestRejected as rejected:
             await send_request_error(
                 send, rejected.status, rejected.code, rejected.message, rejected.headers
             )
             return Outcome(status=rejected.status)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> Outcome:
+    def _hold(self, held: list[int], size: int) -> None:
+        """Count ``size`` more bytes against the in-flight limit, or refuse with 503."""
+        # A request alone is always let in, however large (the body limit bounds it).
+        others = self.inflight_bytes - held[0]
+        if others > 0 and self.inflight_bytes + size > self.max_inflight_bytes:
+            raise _overloaded(f"{self.inflight_bytes} bytes of requests are in progress")
+        self.inflight_bytes += size
+        held[0] += size
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, held: list[int]) -> Outcome:
         encoding = length = idempotency_key = None
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -106,11 +132,16 @@ class Ingest:
             elif name == b"idempotency-key":
                 idempotency_key = value
         gzipped = self._check_encoding(encoding)
-        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            raise self._too_large(int(length), compressed=gzipped)
+        if length is not None and length.isdigit():
+            if int(length) > self.max_body_bytes:
+                raise self._too_large(int(length), compressed=gzipped)
+            self._hold(held, int(length))
         body = await self._read_body(receive)
+        if length is None:
+            self._hold(held, len(body))
         if gzipped:
             body = self._gunzip(body)
+            self._hold(held, len(body))
         key = self._check_idempotency_key(idempotency_key)
         raws = self._split(body)
 
@@ -140,6 +171,8 @@ class Ingest:
             response.errors.extend(errors)
             self.metrics.events_failed.labels(errors[0].code).inc()
 
+        if accepted and self.limiter.active:
+            self._check_rate(accepted, accounts)
         answer = encode(response)
         outcome = Outcome(processed=len(accepted), failed=len(response.failed))
         headers: list[tuple[bytes, bytes]] = []
@@ -179,6 +212,21 @@ class Ingest:
         return outcome
 
     # --- the steps -----------------------------------------------------------------------
+
+    def _check_rate(self, accepted: list[StoredEvent], accounts: Mapping[str, Account]) -> None:
+        counts: dict[str, int] = {}
+        for event in accepted:
+            counts[event.client_key] = counts.get(event.client_key, 0) + 1
+        wait = self.limiter.admit(counts, accounts)
+        if wait > 0:
+            retry = self.limiter.retry_after(wait)
+            raise RequestRejected(
+                429,
+                "rate_limited",
+                f"the account is over its rate limit; none of the {len(accepted)} events was"
+                f" stored. Retry in {retry} s.",
+                [(b"retry-after", str(retry).encode())],
+            )
 
     def _check_encoding(self, encoding: bytes | None) -> bool:
         if encoding is None or encoding in (b"", b"identity"):
@@ -328,6 +376,15 @@ class Ingest:
                 endpoint=account.endpoint,
             )
         return None
+
+
+def _overloaded(reason: str) -> RequestRejected:
+    return RequestRejected(
+        503,
+        "overloaded",
+        f"the server is at capacity ({reason}); nothing was stored, retry shortly.",
+        [(b"retry-after", b"1")],
+    )
 
 
 def _json_kind(start: bytes) -> str:

@@ -1,0 +1,108 @@
+"""uvicorn's httptools protocol with deadlines for receiving a request (slowloris).
+
+uvicorn has no timeout while a request is being received: its keep-alive timer only runs
+between requests, so a client that trickles a header line every few seconds holds a
+connection forever, and ASGI middleware cannot help (it runs after the headers). Here each
+connection carries a deadline: ``header_timeout`` from its first byte (or from connecting)
+to the end of the headers, then ``body_timeout`` to the end of the body. One sweep a second
+closes the connections past their deadline with a 408 in the contract's shape; the cost on
+the hot path is a float assignment per parser callback, not a timer per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import Any, ClassVar, Final
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from qlevents.server.config import Settings
+from qlevents.server.responses import request_error
+
+SWEEP_SECONDS: Final = 1.0
+log: Final = logging.getLogger("qlevents.access")
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    header_timeout: ClassVar[float] = 10.0
+    body_timeout: ClassVar[float] = 30.0
+    _open: ClassVar[set[GuardedHttpToolsProtocol]] = set()
+    _sweeper: ClassVar[asyncio.TimerHandle | None] = None
+    _configured: ClassVar[bool] = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cls = type(self)
+        if not cls._configured:
+            settings = Settings.from_env()
+            cls.header_timeout = settings.header_timeout
+            cls.body_timeout = settings.body_timeout
+            cls._configured = True
+        self._deadline = math.inf
+        self._waiting_for = "headers"
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm("headers", self.header_timeout)
+        self._open.add(self)
+        if GuardedHttpToolsProtocol._sweeper is None:
+            GuardedHttpToolsProtocol._sweeper = self.loop.call_later(
+                SWEEP_SECONDS, _sweep, self.loop
+            )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._open.discard(self)
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm("headers", self.header_timeout)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._arm("body", self.body_timeout)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._deadline = math.inf
+
+    def _arm(self, waiting_for: str, seconds: float) -> None:
+        self._waiting_for = waiting_for
+        self._deadline = self.loop.time() + seconds if seconds > 0 else math.inf
+
+    def _expire(self) -> None:
+        self._deadline = math.inf
+        cycle = self.cycle
+        answered = cycle is not None and cycle.response_started
+        if not answered and not self.transport.is_closing():
+            limit = self.header_timeout if self._waiting_for == "headers" else self.body_timeout
+            body = request_error(
+                "request_timeout",
+                f"the request's {self._waiting_for} did not arrive within {limit:g} seconds.",
+            )
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                b"connection: close\r\ncontent-length: "
+                + str(len(body)).encode()
+                + b"\r\n\r\n"
+                + body
+            )
+        client = self.client
+        log.info(
+            '%s "- -" 408 timed out waiting for the %s',
+            f"{client[0]}:{client[1]}" if client else "-",
+            self._waiting_for,
+        )
+        self.transport.close()
+
+
+def _sweep(loop: asyncio.AbstractEventLoop) -> None:
+    now = loop.time()
+    for protocol in list(GuardedHttpToolsProtocol._open):
+        if protocol._deadline <= now:
+            protocol._expire()
+    GuardedHttpToolsProtocol._sweeper = (
+        loop.call_later(SWEEP_SECONDS, _sweep, loop) if GuardedHttpToolsProtocol._open else None
+    )

@@ -1,0 +1,198 @@
+"""Protection against slow, greedy and hostile clients: request deadlines (slowloris),
+in-flight limits, per-account rate limits, the admin listener, CORS and log hygiene."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import httpx
+
+from tests.support import ADMIN_TOKEN, RunningServer, free_port, view
+
+AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@contextmanager
+def raw_connection(server: RunningServer) -> Iterator[socket.socket]:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (bounded by the timeout)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+class TestRequestDeadlines:
+    def test_slow_headers_are_cut_off_with_408(self, serve: Callable[..., RunningServer]) -> None:
+        """A client that never finishes its headers gets a 408 and a closed connection."""
+        server = serve("--header-timeout", "1")
+        with raw_connection(server) as sock:
+            sock.sendall(b"POST /events HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            answer = read_until_closed(sock)
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+        assert body["errors"][0]["code"] == "request_timeout"
+        assert "headers" in body["errors"][0]["message"]
+
+    def test_silent_connection_is_closed(self, serve: Callable[..., RunningServer]) -> None:
+        """A connection that sends nothing at all is closed after the header timeout."""
+        server = serve("--header-timeout", "1")
+        with raw_connection(server) as sock:
+            assert read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
+
+    def test_slow_body_is_cut_off_and_nothing_stored(
+        self, serve: Callable[..., RunningServer]
+    ) -> None:
+        """A body that stops arriving is cut off after the body timeout; nothing is stored."""
+        server = serve("--body-timeout", "1")
+        body = json.dumps([view(server.client_key)]).encode()
+        with raw_connection(server) as sock:
+            sock.sendall(
+                b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\n\r\n"
+                + body[:10]
+            )
+            answer = read_until_closed(sock)
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        assert server.stored() == []
+        assert "timed out waiting for the body" in server.log()
+
+    def test_normal_clients_are_served_beside_slow_ones(
+        self, serve: Callable[..., RunningServer]
+    ) -> None:
+        """While 100 connections trickle headers, ordinary requests are answered."""
+        server = serve()
+        slow = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(100)]
+        try:
+            for sock in slow:
+                sock.sendall(b"POST /events HTTP/1.1\r\nHost: x\r\n")
+            with httpx.Client() as client:
+                for _ in range(20):
+                    answer = client.post(server.events_url, json=[view(server.client_key)])
+                    assert answer.status_code == 200
+        finally:
+            for sock in slow:
+                sock.close()
+        assert len(server.stored()) == 20
+
+
+class TestInflightLimit:
+    def test_requests_past_the_limit_get_503_with_retry_after(
+        self, serve: Callable[..., RunningServer]
+    ) -> None:
+        """With --max-inflight-requests 2 and two requests open, a third is refused."""
+        server = serve("--max-inflight-requests", "2")
+        body = json.dumps([view(server.client_key)]).encode()
+        head = b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+        held = [socket.create_connection(("127.0.0.1", server.port), timeout=15) for _ in range(2)]
+        try:
+            for sock in held:
+                sock.sendall(head + body[:5])  # the app is now waiting for the rest
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                answer = server.post([view(server.client_key)])
+                if answer.status_code == 503:
+                    break
+                time.sleep(0.05)
+            assert answer.status_code == 503
+            assert answer.headers["retry-after"] == "1"
+            assert answer.json()["errors"][0]["code"] == "overloaded"
+            for sock in held:
+                sock.sendall(body[5:])
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        finally:
+            for sock in held:
+                sock.close()
+        assert server.post([view(server.client_key)]).status_code == 200
+
+
+class TestRateLimits:
+    def test_over_quota_key_gets_429_while_others_succeed(
+        self, serve: Callable[..., RunningServer]
+    ) -> None:
+        """One key over its quota gets 429 + Retry-After; another key keeps 100% success."""
+        server = serve("--rate-limit", "5", "--rate-burst", "10")
+        greedy = server.client_key
+        polite = server.add_account("polite")
+        server.restart()
+        statuses = [server.post([view(greedy)] * 4).status_code for _ in range(5)]
+        assert statuses[:2] == [200, 200] and 429 in statuses
+        refused = server.post([view(greedy)] * 4)
+        assert refused.status_code == 429
+        assert int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["errors"][0]["code"] == "rate_limited"
+        assert server.post([view(polite)] * 4).status_code == 200
+        assert len(server.stored(greedy)) == 4 * statuses.count(200)
+
+    def test_per_account_limit_overrides_the_default(
+        self, serve: Callable[..., RunningServer], tmp_path: object
+    ) -> None:
+        """accounts limit KEY --rate sets one account's quota; others stay unlimited."""
+        from qlevents.cli import main
+
+        server = serve()
+        limited = server.add_account("limited")
+        assert main(["accounts", "limit", limited, "--rate", "1", "--burst", "2",
+                     "--data-dir", str(server.data_dir)]) == 0  # fmt: skip
+        server.restart()
+        assert server.post([view(limited)] * 2).status_code == 200
+        assert server.post([view(limited)]).status_code == 429
+        for _ in range(5):
+            assert server.post([view(server.client_key)] * 50).status_code == 200
+
+    def test_admin_api_sets_a_limit_that_applies_at_once(self, server: RunningServer) -> None:
+        """POST /admin/accounts/KEY/limit takes effect on the next request."""
+        key = server.client_key
+        answer = httpx.post(
+            f"{server.url}/admin/accounts/{key}/limit", json={"rate": 1, "burst": 1}, headers=AUTH
+        )
+        assert answer.json()["rate_limit"] == 1
+        assert server.post([view(key)]).status_code == 200
+        assert server.post([view(key)]).status_code == 429
+
+
+class TestAdminListener:
+    def test_admin_api_only_on_its_own_port(self, serve: Callable[..., RunningServer]) -> None:
+        """With --admin-port the admin API answers there and nowhere else; /events not there."""
+        admin_port = free_port()
+        server = serve("--admin-token", ADMIN_TOKEN, "--admin-port", str(admin_port))
+        admin_url = f"http://127.0.0.1:{admin_port}"
+        assert httpx.get(f"{admin_url}/admin/accounts", headers=AUTH).status_code == 200
+        assert httpx.get(f"{server.url}/admin/accounts", headers=AUTH).status_code == 404
+        assert httpx.post(f"{admin_url}/events", json=[]).status_code == 404
+        assert server.post([view(server.client_key)]).status_code == 200
+
+
+class TestNoCors:
+    def test_no_cors_headers_on_any_answer(self, server: RunningServer) -> None:
+        """The ingest endpoint is server-to-server: no Access-Control-* headers, no preflight."""
+        origin = {"origin": "https://evil.example", "access-control-request-method": "POST"}
+        preflight = httpx.options(server.events_url, headers=origin)
+        assert preflight.status_code == 405
+        post = server.post([view(server.client_key)], headers={"origin": "https://evil.example"})
+        for answer in (preflight, post):
+            assert not [h for h in answer.headers if h.lower().startswith("access-control-")]
+
+
+class TestLogHygiene:
+    def test_client_keys_never_reach_the_log(self, server: RunningServer) -> None:
+        """Valid, unknown and disabled keys: none is ever written to the log."""
+        key = server.client_key
+        server.post([view(key), view("qlk_unknownkey123456789"), {"client_key": key}])
+        server.post(b"[{" + key.encode())
+        log = server.log()
+        printed_at_start = log.count(key)  # the first-run banner prints the demo key once
+        assert printed_at_start == 2  # "client key:" line and the curl example
+        assert "qlk_unknownkey123456789" not in log

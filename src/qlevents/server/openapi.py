@@ -55,6 +55,8 @@ def build() -> dict[str, Any]:
             "status": {"enum": ["active", "disabled"]},
             "endpoint": {"type": "string", "format": "uri"},
             "created_at": {"type": "string"},
+            "rate_limit": {"type": ["number", "null"]},
+            "burst": {"type": ["number", "null"]},
         },
         "required": ["name", "client_key", "status", "endpoint", "created_at"],
     }
@@ -110,6 +112,10 @@ def build() -> dict[str, Any]:
                             " or failed (with its errors)."
                         ),
                         "400": _events_answer("The body is not JSON, not an array or object."),
+                        "408": _events_answer(
+                            "The headers or the body did not arrive in time; the connection"
+                            " is closed."
+                        ),
                         "413": _events_answer("Over the size or event-count limit."),
                         "415": _events_answer("Unsupported Content-Encoding."),
                         "422": _events_answer("Idempotency-Key reused with a different body."),
@@ -117,7 +123,8 @@ def build() -> dict[str, Any]:
                             "Over the account's rate limit.", **{"Retry-After": _RETRY_AFTER}
                         ),
                         "503": _events_answer(
-                            "The store cannot take the write; nothing was stored.",
+                            "The store cannot take the write, or the server is at capacity;"
+                            " nothing was stored.",
                             **{"Retry-After": _RETRY_AFTER},
                         ),
                     },
@@ -221,6 +228,29 @@ def build() -> dict[str, Any]:
                     }
                 }
                 for action in ("disable", "enable")
+            },
+            "/admin/accounts/{key}/limit": {
+                "post": {
+                    **admin_common,
+                    "operationId": "limitAccount",
+                    "parameters": [key_param],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "rate": {"type": ["number", "null"], "minimum": 0},
+                                        "burst": {"type": ["number", "null"], "minimum": 0},
+                                    },
+                                    "additionalProperties": False,
+                                }
+                            }
+                        },
+                    },
+                    "responses": {"200": account, "400": admin_error, **admin_errors},
+                }
             },
             "/admin/accounts/{key}/move": {
                 "post": {

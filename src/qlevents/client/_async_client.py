@@ -20,9 +20,9 @@ from qlevents._exceptions import ClientClosedError, ClientError, TransportError
 from qlevents.client import _build
 from qlevents.client._client import State, check_client_key
 from qlevents.client._config import DEFAULT_ENDPOINT, FailureCallback, Options
-from qlevents.client._delivery import Delivery, SendResult, new_idempotency_key
+from qlevents.client._delivery import Delivery, SendResult, Stats, new_idempotency_key
 from qlevents.client._transport import Answer, AsyncHTTPXTransport, AsyncTransport
-from qlevents.client._worker import Stats, report_failures
+from qlevents.client._worker import report_failures
 
 log: Final = logging.getLogger("qlevents.client")
 
@@ -269,14 +269,13 @@ class AsyncClient:
             endpoint=self.options.endpoint,
             options=self.options,
             budget=self.options.retry_budget,
+            stats=self._stats,
         )
         self._stats.add(sent=len(events))
         await self._run_delivery(delivery, self._sleep)
         self._stats.add(
             processed=len(delivery.processed),
             failed=len(delivery.failures),
-            retried=delivery.retries,
-            requests=delivery.requests,
             dropped=len(delivery.undelivered),
         )
         report_failures(delivery.failures, events, self.on_failure)
@@ -331,14 +330,13 @@ class AsyncClient:
             endpoint=self.options.endpoint,
             options=self.options,
             budget=self.options.send_retry_budget,
+            stats=self._stats,
         )
         await self._run_delivery(delivery, _sleep)
         self._stats.add(
             sent=len(group),
             processed=len(delivery.processed),
             failed=len(delivery.failures),
-            retried=delivery.retries,
-            requests=delivery.requests,
         )
         if not delivery.answered_any:
             raise TransportError(f"the events were not delivered: {delivery.reason}")

@@ -25,10 +25,16 @@ from qlevents._exceptions import ClientClosedError, ClientError, TransportError
 from qlevents.client import _build
 from qlevents.client._batch import EventQueue
 from qlevents.client._config import DEFAULT_ENDPOINT, FailureCallback, Options
-from qlevents.client._delivery import NOT_DELIVERED, Delivery, SendResult, new_idempotency_key
+from qlevents.client._delivery import (
+    NOT_DELIVERED,
+    Delivery,
+    SendResult,
+    Stats,
+    new_idempotency_key,
+)
 from qlevents.client._spool import Spool
 from qlevents.client._transport import HTTPXTransport, Transport
-from qlevents.client._worker import Stats, Worker, report_failures, run_delivery
+from qlevents.client._worker import Worker, report_failures, run_delivery
 from qlevents.events import ErrorEntry
 
 log: Final = logging.getLogger("qlevents.client")
@@ -285,14 +291,13 @@ class Client:
             endpoint=self.options.endpoint,
             options=self.options,
             budget=self.options.send_retry_budget,
+            stats=self._stats,
         )
         run_delivery(delivery, self._transport, _sleep)
         self._stats.add(
             sent=len(group),
             processed=len(delivery.processed),
             failed=len(delivery.failures),
-            retried=delivery.retries,
-            requests=delivery.requests,
         )
         if not delivery.answered_any:
             raise TransportError(f"the events were not delivered: {delivery.reason}")

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import threading
 import time
 import zlib
 from collections import deque
@@ -56,6 +57,28 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
             return None
         seconds = when.timestamp() - (time.time() if now is None else now)
     return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+STAT_NAMES: Final = (
+    "enqueued", "sent", "processed", "failed", "retried", "dropped", "spooled", "requests",
+)  # fmt: skip
+
+
+class Stats:
+    """Counters, safe to bump from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(STAT_NAMES, 0)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                self._counts[name] += value
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
 
 
 @dataclass(slots=True)
@@ -118,8 +141,10 @@ class Delivery:
         endpoint: str,
         options: Options,
         budget: float,
+        stats: Stats | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.stats = stats or Stats()
         self.options = options
         self.events = list(events)
         self.processed: list[StoredEvent] = []
@@ -157,6 +182,7 @@ class Delivery:
     def answered(self, request: Request, answer: Answer, seconds: float) -> float | None:
         """The server answered ``request``; returns seconds to wait before a retry, or None."""
         self.requests += 1
+        self.stats.add(requests=1)
         request.tries += 1
         status = answer.status
         parsed: EventsResponse | None = None
@@ -197,6 +223,7 @@ class Delivery:
     def failed(self, request: Request, error: TransportError, seconds: float) -> float | None:
         """No answer to ``request``; returns seconds to wait before a retry, or None."""
         self.requests += 1
+        self.stats.add(requests=1)
         request.tries += 1
         return self._retry(request, str(error), seconds, None)
 
@@ -237,6 +264,7 @@ class Delivery:
             return None
         self._log_failure(request, what, seconds, delay)
         self.retries += 1
+        self.stats.add(retried=1)
         return delay
 
     def _abandon(self, request: Request, reason: str) -> None:

@@ -19,32 +19,11 @@ from qlevents._exceptions import TransportError
 from qlevents.client._batch import Batch, Source
 from qlevents.client._build import Encoded, as_dict
 from qlevents.client._config import FailureCallback, Options
-from qlevents.client._delivery import Delivery, Request, new_idempotency_key
+from qlevents.client._delivery import Delivery, Request, Stats, new_idempotency_key
 from qlevents.client._transport import Answer, Transport
 from qlevents.events import ErrorEntry
 
 log: Final = logging.getLogger("qlevents.client")
-
-STAT_NAMES: Final = (
-    "enqueued", "sent", "processed", "failed", "retried", "dropped", "spooled", "requests",
-)  # fmt: skip
-
-
-class Stats:
-    """Counters, safe to bump from any thread."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts = dict.fromkeys(STAT_NAMES, 0)
-
-    def add(self, **counts: int) -> None:
-        with self._lock:
-            for name, value in counts.items():
-                self._counts[name] += value
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counts)
 
 
 def run_delivery(
@@ -143,15 +122,11 @@ class Worker(threading.Thread):
             endpoint=self.options.endpoint,
             options=self.options,
             budget=math.inf if self.durable else self.options.retry_budget,
+            stats=self.stats,
         )
         self.stats.add(sent=len(batch.events))
         run_delivery(delivery, self.transport, self.source.sleep)
-        self.stats.add(
-            processed=len(delivery.processed),
-            failed=len(delivery.failures),
-            retried=delivery.retries,
-            requests=delivery.requests,
-        )
+        self.stats.add(processed=len(delivery.processed), failed=len(delivery.failures))
         report_failures(delivery.failures, batch.events, self.on_failure)
         if delivery.undelivered and not self.durable:
             self.stats.add(dropped=len(delivery.undelivered))

@@ -1,0 +1,211 @@
+"""The background sender under faults: every event stored exactly once, on the real server.
+
+Faults the real server cannot make on demand (slow answers, 429, 5xx, resets) come from a
+proxy in front of it (tests/client/faults.py); crashes and restarts are the real server's.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from qlevents import Client
+from qlevents.accounts import AccountBook
+from tests.client.conftest import eventually, product_ids
+from tests.client.faults import FaultProxy, Hang, Reset, Slow, Status
+from tests.support import RunningServer
+
+MakeClient = Callable[..., Client]
+
+
+def views(client: Client, count: int, prefix: str = "p") -> list[str]:
+    ids = [f"{prefix}{i}" for i in range(count)]
+    for product_id in ids:
+        client.view(product_id=product_id, price=1.5, permalink="https://s.example/")
+    return sorted(ids)
+
+
+class TestServerOutages:
+    def test_server_down_then_up(self, server: RunningServer, make_client: MakeClient) -> None:
+        """Events queued while the server is down are stored once it is back."""
+        server.stop()
+        client = make_client(server.client_key, server.events_url)
+        sent = views(client, 20)
+        eventually(lambda: client.stats()["retried"] >= 2, what="retries while down")
+        server.start()
+        assert client.flush(30)
+        assert product_ids(server.stored()) == sent
+
+    def test_server_killed_mid_batch(self, server: RunningServer, make_client: MakeClient) -> None:
+        """SIGKILL and restart during steady traffic: every event stored exactly once."""
+        client = make_client(server.client_key, server.events_url, max_batch_events=50)
+        done = threading.Event()
+        sent: list[str] = []
+
+        def produce() -> None:
+            for i in range(3000):
+                client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
+                sent.append(f"p{i}")
+                if i % 50 == 0:
+                    time.sleep(0.002)
+            done.set()
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        eventually(lambda: client.stats()["processed"] >= 300, what="traffic to flow")
+        server.kill()
+        time.sleep(0.3)
+        server.start()
+        producer.join()
+        assert client.flush(60)
+        stored = product_ids(server.stored())
+        assert len(stored) == len(set(stored)), "an event was stored twice"
+        assert stored == sorted(sent)
+        assert client.stats()["dropped"] == 0
+
+
+class TestRetries:
+    def test_slow_server_past_the_timeout_is_retried_with_the_same_key(
+        self, server: RunningServer, proxy: FaultProxy, make_client: MakeClient
+    ) -> None:
+        """The answer comes too late; the retry carries the same key; stored once."""
+        proxy.add(Slow(2.0))
+        client = make_client(server.client_key, proxy.url, timeout=0.5)
+        sent = views(client, 10)
+        assert client.flush(30)
+        assert len(proxy.seen) >= 2 and len(set(proxy.keys)) == 1
+        assert product_ids(server.stored()) == sent
+        assert client.stats()["retried"] >= 1
+
+    def test_429_with_retry_after_is_honoured(
+        self,
+        server: RunningServer,
+        proxy: FaultProxy,
+        make_client: MakeClient,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A 429 with Retry-After: 1 is waited out (not the 0.05 s backoff); stored once."""
+        proxy.add(Status(429, retry_after="1"))
+        client = make_client(server.client_key, proxy.url)
+        sent = views(client, 5)
+        assert client.flush(30)
+        [retry] = [r.message for r in caplog.records if "status 429" in r.message]
+        assert float(retry.rsplit("retrying in ", 1)[1].split()[0]) >= 1.0
+        assert len(proxy.seen) == 2 and proxy.keys[0] == proxy.keys[1]
+        assert product_ids(server.stored()) == sent
+
+    @pytest.mark.parametrize("status", [500, 502, 503, 504])
+    def test_5xx_is_retried(
+        self, status: int, server: RunningServer, proxy: FaultProxy, make_client: MakeClient
+    ) -> None:
+        """5xx answers are retried with the same Idempotency-Key until stored, once."""
+        proxy.add(Status(status), Status(status, retry_after="0"), Reset())
+        client = make_client(server.client_key, proxy.url)
+        sent = views(client, 7)
+        assert client.flush(30)
+        assert len(proxy.seen) == 4 and len(set(proxy.keys)) == 1
+        assert product_ids(server.stored()) == sent
+        assert client.stats()["retried"] == 3
+
+    def test_answer_lost_after_store_is_not_stored_twice(
+        self, server: RunningServer, proxy: FaultProxy, make_client: MakeClient
+    ) -> None:
+        """The server stored the batch but the answer never came: the retry is a replay."""
+        proxy.add(Hang(1.0))
+        client = make_client(server.client_key, proxy.url, timeout=0.5)
+        sent = views(client, 10)
+        assert client.flush(30)
+        assert len(proxy.seen) >= 2 and len(set(proxy.keys)) == 1
+        assert product_ids(server.stored()) == sent
+
+    def test_retry_budget_gives_up_and_reports(
+        self, server: RunningServer, proxy: FaultProxy, make_client: MakeClient
+    ) -> None:
+        """Past retry_budget the batch is dropped, counted and given to on_failure."""
+        proxy.add(*[Status(503)] * 100)
+        failures: list[str] = []
+        client = make_client(
+            server.client_key,
+            proxy.url,
+            retry_budget=0.3,
+            on_failure=lambda event, errors: failures.append(errors[0].code),
+        )
+        views(client, 3)
+        assert client.flush(30) is False
+        assert failures == ["not_delivered"] * 3
+        assert client.stats()["dropped"] == 3
+        assert server.stored() == []
+
+
+class TestWrongEndpoint:
+    @pytest.fixture
+    def moved(
+        self, serve: Callable[..., RunningServer]
+    ) -> tuple[RunningServer, RunningServer, str]:
+        """An account homed on ``home``; ``old`` knows it moved there."""
+        old, home = serve(), serve()
+        key = old.add_account("moved")
+        with sqlite3.connect(home.data_dir / "accounts.sqlite3") as conn:
+            conn.execute("ATTACH DATABASE ? AS old", (str(old.data_dir / "accounts.sqlite3"),))
+            conn.execute(
+                "INSERT INTO accounts SELECT * FROM old.accounts WHERE client_key = ?", (key,)
+            )
+        book = AccountBook(old.data_dir)
+        try:
+            book.move(key, home.events_url, old.events_url)
+        finally:
+            book.close()
+        eventually(
+            lambda: (
+                "wrong_endpoint" in old.post([{"client_key": key}]).text
+                and "unknown_client_key" not in home.post([{"client_key": key}]).text
+            ),
+            what="both servers to see the move",
+        )
+        return old, home, key
+
+    def test_events_are_resent_to_the_named_endpoint(
+        self,
+        moved: tuple[RunningServer, RunningServer, str],
+        make_client: MakeClient,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """wrong_endpoint: the events go to the endpoint the server named, with a warning."""
+        old, home, key = moved
+        failures: list[object] = []
+        client = make_client(key, old.events_url, on_failure=lambda e, errs: failures.append(e))
+        with caplog.at_level(logging.WARNING, "qlevents.client"):
+            sent = views(client, 5)
+            assert client.flush(30)
+        assert product_ids(home.stored(key)) == sent
+        assert old.stored(key) == []
+        assert failures == []
+        assert f"homed on {home.events_url}" in caplog.text
+
+
+class TestExit:
+    def test_exit_without_flush_sends_what_was_queued(
+        self, server: RunningServer, tmp_path: Path
+    ) -> None:
+        """A script that queues events and just exits: atexit delivers all of them."""
+        from tests.client.conftest import run_script
+
+        done = run_script(
+            """
+            import sys
+            from qlevents import Client
+            client = Client(sys.argv[1], sys.argv[2], flush_interval=30)
+            for i in range(300):
+                client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
+            """,
+            server.client_key,
+            server.events_url,
+        )
+        assert done.returncode == 0, done.stderr
+        assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(300))

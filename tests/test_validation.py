@@ -211,3 +211,21 @@ class TestText:
         """Text that is not Unicode (a lone \\ud800 escape) fails as invalid_text."""
         raw = rb'{"event":"view","client_key":"\ud800","price":1,"product_id":"p"}'
         assert codes(raw) == [(None, "invalid_text")]
+
+
+class TestRepeatedKeys:
+    def test_every_occurrence_of_a_repeated_key_is_checked(self) -> None:
+        """msgspec checks each occurrence of a repeated key, so the walker reports it precisely."""
+        raw = b'{"event":"conversion","client_key":"k","product_id":"p","price":-1,"price":5}'
+        assert codes(raw) == [("price", "out_of_range")]
+
+    def test_conflicting_event_names_are_a_duplicate_field(self) -> None:
+        """The kind comes from the first "event"; a different later value is refused."""
+        raw = b'{"event":"conversion","client_key":"k","product_id":"p","price":1,"event":"view"}'
+        assert codes(raw) == [("event", "duplicate_field")]
+
+    def test_last_valid_occurrence_wins(self) -> None:
+        """Valid repeats decode with the last value, as JSON parsers commonly do."""
+        raw = b'{"event":"conversion","client_key":"k","product_id":"a","price":1,"product_id":"b"}'
+        event = decode_event(raw)
+        assert isinstance(event, ConversionEvent) and event.product_id == "b"

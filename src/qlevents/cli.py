@@ -165,7 +165,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         admin_token=admin_token,
         synchronous=args.synchronous,
         store=args.store,
-        access_log=not args.no_access_log,
+        access_log=not args.no_access_log and args.log_level != "warning",
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
         max_inflight_requests=args.max_inflight_requests,

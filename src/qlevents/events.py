@@ -41,7 +41,7 @@ ConversionChannels = Annotated[list[Label], Meta(max_length=MAX_CONVERSION_CHANN
 Units = Annotated[int, Meta(ge=1, le=MAX_UNITS)]
 
 
-class ViewEvent(Struct, tag_field="event", tag="view", kw_only=True):
+class ViewEvent(Struct, tag_field="event", tag="view", kw_only=True, gc=False):
     """A product page view. Fields the contract does not define are ignored."""
 
     client_key: ClientKey
@@ -53,7 +53,7 @@ class ViewEvent(Struct, tag_field="event", tag="view", kw_only=True):
     channels: Channels = []
 
 
-class ConversionEvent(Struct, tag_field="event", tag="conversion", kw_only=True):
+class ConversionEvent(Struct, tag_field="event", tag="conversion", kw_only=True, gc=False):
     """A sale of one product; ``price`` is the total for all ``units``."""
 
     client_key: ClientKey
@@ -66,9 +66,12 @@ class ConversionEvent(Struct, tag_field="event", tag="conversion", kw_only=True)
 
 
 Event = ViewEvent | ConversionEvent
+# The event structs are created by the hundred per request and hold only strings, numbers
+# and lists of strings: they can never be part of a reference cycle, so they are kept out of
+# the cyclic garbage collector (gc=False), which would otherwise walk them on every pass.
 
 
-class StoredEvent(Struct, kw_only=True):
+class StoredEvent(Struct, kw_only=True, gc=False):
     """An accepted event as the store holds it and the API returns it in ``processed``."""
 
     id: str

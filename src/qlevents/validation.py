@@ -32,6 +32,7 @@ TOO_MANY_ITEMS: Final = "too_many_items"
 UNKNOWN_EVENT: Final = "unknown_event"
 INVALID_VALUE: Final = "invalid_value"
 INVALID_TEXT: Final = "invalid_text"
+DUPLICATE_FIELD: Final = "duplicate_field"
 
 EVENT_NAMES: Final = ("view", "conversion")
 
@@ -67,10 +68,32 @@ def _parse_int(text: str) -> int | float:
     return int(text) if len(text) <= 30 else _OversizeNumber(text)
 
 
+class _JsonObject(dict[str, Any]):
+    """A decoded object that remembers every value of a key given more than once."""
+
+    repeats: dict[str, list[Any]]
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = _JsonObject(pairs)
+    if len(obj) != len(pairs):
+        obj.repeats = {}
+        for name, value in pairs:
+            obj.repeats.setdefault(name, []).append(value)
+    return obj
+
+
 def _loads_lenient(raw: bytes) -> Any:
     # The stdlib parser with hooks, because msgspec refuses a whole object over one number
-    # it cannot represent (a 5000-digit price), and we want to report that field alone.
-    return json.loads(raw, parse_int=_parse_int)
+    # it cannot represent (a 5000-digit price), and we want to report that field alone; and
+    # because msgspec checks every occurrence of a repeated key, so the walker must see them.
+    return json.loads(raw, parse_int=_parse_int, object_pairs_hook=_object)
+
+
+def _occurrences(obj: dict[str, Any], name: str) -> list[Any]:
+    """Every value given for ``name`` (a key may be repeated; the last one is kept)."""
+    repeats = getattr(obj, "repeats", None)
+    return repeats[name] if repeats and name in repeats else [obj[name]]
 
 
 def decode_event(raw: bytes | msgspec.Raw) -> Event | list[Problem]:
@@ -257,8 +280,20 @@ def find_problems(obj: object) -> list[Problem]:
     if not isinstance(obj, dict):
         return [Problem(None, NOT_AN_OBJECT, f"an event must be a JSON object; got {_shown(obj)}.")]
     problems: list[Problem] = []
-    kind = obj.get("event")
-    if "event" not in obj:
+    # msgspec takes the kind from the first "event" and refuses any other value after it.
+    kinds = _occurrences(obj, "event") if "event" in obj else []
+    kind = kinds[0] if kinds else None
+    if any(k != kind or type(k) is not type(kind) for k in kinds[1:]):
+        shown = ", ".join(_shown(k) for k in kinds)
+        problems.append(
+            Problem(
+                "event",
+                DUPLICATE_FIELD,
+                f"event is given {len(kinds)} times with different values ({shown}); send it once.",
+            )
+        )
+        rules = _UNKNOWN_KIND_RULES
+    elif "event" not in obj:
         problems.append(
             Problem("event", MISSING_FIELD, 'event is required: "view" or "conversion".')
         )
@@ -280,9 +315,11 @@ def find_problems(obj: object) -> list[Problem]:
                 what = f"a {kind} event" if rules is not _UNKNOWN_KIND_RULES else "every event"
                 problems.append(Problem(name, MISSING_FIELD, f"{name} is required on {what}."))
             continue
-        problem = field.check(name, obj[name])
-        if problem is not None:
-            problems.append(problem)
+        for value in _occurrences(obj, name):
+            problem = field.check(name, value)
+            if problem is not None:
+                problems.append(problem)
+                break
     return problems
 
 

@@ -10,6 +10,7 @@ GET  /openapi.json  the API contract
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from importlib import resources
@@ -17,6 +18,7 @@ from typing import Final
 
 from qlevents._exceptions import StoreUnavailableError
 from qlevents.accounts import KEY_PREFIX, AccountBook
+from qlevents.server.access_log import AccessLog
 from qlevents.server.admin import Admin
 from qlevents.server.config import Settings
 from qlevents.server.directory import AccountDirectory
@@ -28,7 +30,6 @@ from qlevents.server.types import Receive, Scope, Send
 from qlevents.store.base import EventStore
 from qlevents.store.memory import MemoryEventStore
 
-access_log: Final = logging.getLogger("qlevents.access")
 log: Final = logging.getLogger("qlevents.server")
 EVENTS_FILE: Final = "events.sqlite3"
 
@@ -80,7 +81,7 @@ class EventsApp:
         self.admin = Admin(self.directory, settings.admin_token) if settings.admin_token else None
         self.admin_port = settings.admin_port
         self.openapi = (resources.files("qlevents.server") / "openapi.json").read_bytes()
-        self._log_access = settings.access_log and access_log.isEnabledFor(logging.INFO)
+        self.access_log = AccessLog() if settings.access_log else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -111,11 +112,16 @@ class EventsApp:
                     log.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                # What start-up allocated lives as long as the process: keep it out of the
+                # collector's way (full collections otherwise walk it again and again).
+                gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.directory.stop()
                 await self.store.close()
                 self.directory.book.close()
+                if self.access_log is not None:
+                    self.access_log.flush()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -162,17 +168,15 @@ class EventsApp:
                 send, 404, "not_found", f"there is nothing at {method} {_printable(path)}."
             )
         self.metrics.request(route, status)
-        if self._log_access:
-            client = scope.get("client")
-            access_log.info(
-                '%s "%s %s" %d processed=%d failed=%d %.2fms',
-                f"{client[0]}:{client[1]}" if client else "-",
+        if self.access_log is not None:
+            self.access_log.line(
+                scope.get("client"),
                 method,
                 _printable(path),
                 status,
                 processed,
                 failed,
-                (time.perf_counter() - started) * 1000,
+                time.perf_counter() - started,
             )
 
     async def healthz(self, send: Send) -> int:

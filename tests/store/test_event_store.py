@@ -177,6 +177,24 @@ class TestSQLiteGroupCommit:
         finally:
             await store.close()
 
+    async def test_checkpointer_keeps_the_wal_bounded(self, tmp_path: Path) -> None:
+        """The background checkpointer resets the WAL once it passes its size limit."""
+        path = tmp_path / "e.db"
+        wal = tmp_path / "e.db-wal"
+        store = SQLiteEventStore(path, wal_reset_pages=50)
+        await store.open()
+        try:
+            for i in range(40):
+                await store.append(stored(50, prefix=f"w{i}-"))
+            grown = wal.stat().st_size
+            deadline = asyncio.get_running_loop().time() + 20
+            while wal.stat().st_size >= grown and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            assert wal.stat().st_size < grown
+            assert len(await store.read(limit=10_000)) == 2000
+        finally:
+            await store.close()
+
     def test_rejects_unknown_synchronous_mode(self, tmp_path: Path) -> None:
         """Only durable synchronous modes are accepted."""
         with pytest.raises(ValueError, match="synchronous"):

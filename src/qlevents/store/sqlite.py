@@ -9,7 +9,9 @@ own events are on disk (``synchronous=FULL``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -67,7 +69,12 @@ _COLUMNS: Final = (
 )
 #: How often expired idempotency keys are deleted (seconds).
 _EXPIRE_EVERY: Final = 60.0
+#: How often the checkpointer copies the WAL into the database (seconds), and the WAL size
+#: (pages) past which it makes writers wait for a full checkpoint that resets the WAL.
+_CHECKPOINT_EVERY: Final = 0.25
+_WAL_RESET_PAGES: Final = 16_384
 
+log: Final = logging.getLogger("qlevents.store")
 _encode_labels = msgspec.json.Encoder().encode
 _decode_labels = msgspec.json.Decoder(list[str]).decode
 
@@ -100,6 +107,7 @@ class SQLiteEventStore(EventStore):
         synchronous: str = "FULL",
         max_pending_events: int = 200_000,
         observer: CommitObserver | None = None,
+        wal_reset_pages: int = _WAL_RESET_PAGES,
     ) -> None:
         if synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
             raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
@@ -107,12 +115,15 @@ class SQLiteEventStore(EventStore):
         self._synchronous = synchronous.upper()
         self._max_pending_events = max_pending_events
         self._observer = observer
+        self._wal_reset_pages = wal_reset_pages
         self._writer: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._pending: list[_Append] = []
         self._pending_events = 0
         self._commit_running: asyncio.Future[None] | None = None
         self._last_expiry = 0.0
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpointer = threading.Event()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -127,7 +138,33 @@ class SQLiteEventStore(EventStore):
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         conn.executescript(SCHEMA)
+        # Checkpoints copy the WAL into the database and fsync it: left to SQLite they run
+        # inside a commit every 1000 pages and stall the requests waiting on it. A thread of
+        # their own does them beside the writer instead.
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._stop_checkpointer.clear()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="qlevents-sqlite-checkpointer", daemon=True
+        )
+        self._checkpointer.start()
         return conn
+
+    def _checkpoint_loop(self) -> None:
+        conn = connect(self.path)
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        try:
+            while not self._stop_checkpointer.wait(_CHECKPOINT_EVERY):
+                try:
+                    _, wal_pages, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if wal_pages > self._wal_reset_pages:
+                        # Under constant writes a passive checkpoint never catches up, and the
+                        # WAL would grow without end: wait for writers once and reset it.
+                        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    log.warning("checkpoint of %s failed; will retry", self.path, exc_info=True)
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
 
     async def close(self) -> None:
         while self._commit_running is not None or self._pending:
@@ -135,6 +172,10 @@ class SQLiteEventStore(EventStore):
                 await asyncio.shield(self._commit_running)
             elif self._pending:
                 self._start_commit()
+        if self._checkpointer is not None:
+            self._stop_checkpointer.set()
+            await asyncio.to_thread(self._checkpointer.join)
+            self._checkpointer = None
         if self._writer is not None:
             conn, self._conn = self._conn, None
             if conn is not None:

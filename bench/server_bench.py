@@ -101,13 +101,19 @@ def machine() -> dict[str, Any]:
     for module in ("uvicorn", "fastapi", "pydantic", "msgspec", "uvloop", "httptools"):
         with contextlib.suppress(Exception):
             versions[module] = __import__(module).__version__
+    git = [["git", "rev-parse", "--short", "HEAD"], ["git", "status", "--porcelain", "src"]]
+    head, dirty = (
+        subprocess.run(c, cwd=REPO, capture_output=True, text=True, timeout=10, check=False)
+        for c in git
+    )
     return {
+        "commit": head.stdout.strip() + (" (src/ modified)" if dirty.stdout.strip() else ""),
         "nproc": len(os.sched_getaffinity(0)),
         "cpu": cpu,
         "memory_gb": round(mem_kb / 1024 / 1024, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "wrk": (wrk_version.stdout + wrk_version.stderr).strip().splitlines()[0],
+        "wrk": (wrk_version.stdout + wrk_version.stderr).strip().split(" Copyright")[0],
         "load_average_at_start": os.getloadavg(),
         "versions": versions,
     }
@@ -449,7 +455,10 @@ def report(
 ) -> str:
     lines = [
         f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory_gb']} GB,"
-        f" Linux {info['kernel']}, Python {info['python']}, {info['wrk']}.",
+        f" Linux {info['kernel']}, Python {info['python']}, {info['wrk']};"
+        f" load average {info['load_average_at_start'][0]:.2f} at start,"
+        f" {info.get('load_average_at_end', [0.0])[0]:.2f} at the end.",
+        f"qlevents at commit {info['commit']}.",
         f"Run: wrk -t1 -c{args.connections} on loopback, {args.rounds} rounds x"
         f" {len(TARGETS)} targets x {len(BODY_SIZES)} bodies, {args.duration:g} s each after"
         f" {args.warmup:g} s of warm-up, fresh server and data dir each; medians"
@@ -516,8 +525,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Ctrl-C and SIGTERM both stop the servers we started (they run in sessions of their own).
+    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGTERM, _interrupted)
     ensure_wrk()
     targets = [t for t in args.targets.split(",") if t]
     if not set(targets) <= set(TARGETS):
@@ -557,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    info["load_average_at_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     raw = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "runs": runs}
     if set(targets) == set(TARGETS):

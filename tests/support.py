@@ -86,6 +86,19 @@ class RunningServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def wait_for_log(self, needle: str, count: int = 1, timeout: float = 10.0) -> list[str]:
+        """The log lines holding ``needle``, once there are ``count`` of them.
+
+        Access-log lines are written at the end of the event-loop iteration that answered,
+        so they may reach the file just after the answer reached the test.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [line for line in self.log().splitlines() if needle in line]
+            if len(lines) >= count or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.02)
+
     # --- data ------------------------------------------------------------------------------
 
     def add_account(self, name: str = "shop", endpoint: str | None = None) -> str:

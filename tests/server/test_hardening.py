@@ -192,6 +192,7 @@ class TestLogHygiene:
         key = server.client_key
         server.post([view(key), view("qlk_unknownkey123456789"), {"client_key": key}])
         server.post(b"[{" + key.encode())
+        server.wait_for_log('"POST /events"', count=2)
         log = server.log()
         printed_at_start = log.count(key)  # the first-run banner prints the demo key once
         assert printed_at_start == 2  # "client key:" line and the curl example

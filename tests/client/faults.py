@@ -13,11 +13,11 @@ carried the same Idempotency-Key.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import socket
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -77,6 +77,8 @@ class FaultProxy:
         self.faults: deque[Fault] = deque()
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._connections: set[socket.socket] = set()
         self._http = httpx.Client(timeout=30)
         proxy = self
 
@@ -85,6 +87,16 @@ class FaultProxy:
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                with proxy._lock:
+                    proxy._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with proxy._lock:
+                    proxy._connections.discard(self.connection)
+                super().finish()
 
             def do_POST(self) -> None:
                 try:
@@ -108,7 +120,12 @@ class FaultProxy:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._closing.set()  # ends Slow and Hang at once
         self._server.shutdown()
+        with self._lock:  # and idle keep-alive connections, so their threads end
+            for connection in self._connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
         self._server.server_close()
         self._thread.join(10)
         self._http.close()
@@ -155,9 +172,9 @@ class FaultProxy:
             k: v for k, v in response.headers.items() if k in ("retry-after", "idempotent-replayed")
         }
         if isinstance(fault, Slow):
-            time.sleep(fault.seconds)
+            self._closing.wait(fault.seconds)
         if isinstance(fault, Hang):
-            time.sleep(fault.seconds)
+            self._closing.wait(fault.seconds)
             handler.close_connection = True
             return
         self._reply(handler, response.status_code, response.content, extra)

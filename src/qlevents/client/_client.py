@@ -128,6 +128,8 @@ class Client:
         self._transport = transport or HTTPXTransport(connect_timeout, timeout)
         self._state = State.OPEN
         self._setup()
+        if self._spool is not None and self._spool.pending():
+            self._start_worker()  # what an earlier process left in the spool: send it now
         self._exit_hook = _exit_hook(weakref.ref(self))
         atexit.register(self._exit_hook)
         _live.add(self)

@@ -61,7 +61,10 @@ class Spool:
         self._cond = threading.Condition()
         self._conn = self._connect()
         self._lock_fd: int | None = None
-        self._last_put = 0
+        # What is in the spool already counts as queued: flush() waits for it too.
+        self._last_put = int(
+            self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM groups").fetchone()[0]
+        )
         self._urgent = 0
         self._stopping = False
         self._aborting = False

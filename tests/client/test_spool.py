@@ -1,0 +1,121 @@
+"""The durable spool: events survive outages of any length, a full queue and SIGKILL."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+from qlevents import Client
+from tests.client.conftest import eventually, product_ids
+from tests.client.faults import FaultProxy, Hang
+from tests.support import RunningServer, free_port
+
+MakeClient = Callable[..., Client]
+
+QUEUE_THEN_WAIT = """
+import sys, time
+from qlevents import Client
+key, url, spool = sys.argv[1:4]
+client = Client(key, url, spool_dir=spool, flush_interval=0.05, timeout=20)
+for i in range(50):
+    client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
+print("queued", flush=True)
+time.sleep(60)
+"""
+
+
+def start_script(*args: str) -> subprocess.Popen[str]:
+    import os
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(QUEUE_THEN_WAIT), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "queued", process.stderr
+    return process
+
+
+def sigkill(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.wait(10)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    process.stderr.close()
+
+
+class TestSpoolSurvivesCrashes:
+    def test_events_survive_sigkill_right_after_the_call(
+        self, server: RunningServer, make_client: MakeClient, tmp_path: Path
+    ) -> None:
+        """SIGKILL after view() returned (server unreachable): the next client sends them."""
+        spool = tmp_path / "spool"
+        process = start_script(
+            server.client_key, f"http://127.0.0.1:{free_port()}/events", str(spool)
+        )
+        sigkill(process)
+        client = make_client(server.client_key, server.events_url, spool_dir=spool)
+        assert client.flush(30)
+        assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(50))
+        assert client.stats()["pending"] == 0
+
+    def test_batch_in_flight_at_sigkill_is_stored_once(
+        self, server: RunningServer, make_client: MakeClient, tmp_path: Path
+    ) -> None:
+        """Stored by the server, answer lost, sender killed: the re-send is a replay."""
+        spool = tmp_path / "spool"
+        with FaultProxy(server.events_url) as proxy:
+            proxy.add(Hang(30))
+            process = start_script(server.client_key, proxy.url, str(spool))
+            eventually(lambda: len(server.stored()) == 50, what="the first send to be stored")
+            sigkill(process)
+            client = make_client(server.client_key, proxy.url, spool_dir=spool)
+            assert client.flush(30)
+            assert len(proxy.seen) == 2 and proxy.keys[0] == proxy.keys[1]
+        assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(50))
+
+
+class TestSpoolInsteadOfDropping:
+    def test_long_outage_and_full_queue_lose_nothing(
+        self, server: RunningServer, make_client: MakeClient, tmp_path: Path
+    ) -> None:
+        """Past the retry budget and the queue size, spooled events wait for the server."""
+        server.stop()
+        client = make_client(
+            server.client_key,
+            server.events_url,
+            spool_dir=tmp_path / "spool",
+            max_queue_size=5,
+            retry_budget=0.1,
+        )
+        for i in range(100):
+            client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
+        eventually(lambda: client.stats()["retried"] >= 5, what="retries past the budget")
+        stats = client.stats()
+        assert stats["dropped"] == 0 and stats["spooled"] == 100 and stats["pending"] == 100
+        server.start()
+        assert client.flush(30)
+        assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(100))
+
+    def test_two_clients_on_one_spool_send_each_event_once(
+        self, server: RunningServer, make_client: MakeClient, tmp_path: Path
+    ) -> None:
+        """Only the lock holder sends from a spool; the other's events are sent by it, once."""
+        spool = tmp_path / "spool"
+        first = make_client(server.client_key, server.events_url, spool_dir=spool)
+        second = make_client(server.client_key, server.events_url, spool_dir=spool)
+        for i in range(30):
+            first.view(product_id=f"a{i}", price=1, permalink="https://s.example/")
+            second.view(product_id=f"b{i}", price=1, permalink="https://s.example/")
+        assert first.flush(30) and second.flush(30)
+        expected = [f"a{i}" for i in range(30)] + [f"b{i}" for i in range(30)]
+        assert product_ids(server.stored()) == sorted(expected)
+        assert first.stats()["sent"] + second.stats()["sent"] == 60

@@ -45,6 +45,12 @@ def add_send_command(commands: Any, parser_class: type[argparse.ArgumentParser])
         "--batch-size", type=int, default=500, help="events per request (default 500)"
     )
     send.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    send.add_argument(
+        "--retry-budget",
+        type=float,
+        default=60.0,
+        help="seconds to keep retrying one batch before giving up (default 60)",
+    )
     send.set_defaults(handler=cmd_send)
 
 
@@ -136,7 +142,12 @@ def cmd_send(args: argparse.Namespace) -> int:
     progress = _Progress(len(given), sys.stderr)
     progress.show(failed)
     try:
-        client = Client(key or "backfill", endpoint, timeout=args.timeout, send_retry_budget=60)
+        client = Client(
+            key or "backfill",
+            endpoint,
+            timeout=args.timeout,
+            send_retry_budget=args.retry_budget,
+        )
     except QleventsError as exc:
         raise _error(str(exc), exit_code=2) from exc
     try:

@@ -1,0 +1,101 @@
+"""``qlevents send FILE``: a backfill in batches, with a summary of what was stored."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from qlevents.cli import main
+from tests.client.conftest import product_ids
+from tests.support import RunningServer, conversion, free_port, view
+
+
+def write_ndjson(path: Path, events: list[object]) -> Path:
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    return path
+
+
+class TestSendCommand:
+    def test_ndjson_backfill_is_stored_in_batches(
+        self, server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """2,500 events in batches of 1,000: all stored, a summary printed, exit 0."""
+        key = server.client_key
+        events = [view(key, product_id=f"p{i}") for i in range(2500)]
+        path = write_ndjson(tmp_path / "events.ndjson", events)
+        code = main(["send", str(path), "--endpoint", server.events_url, "--batch-size", "1000"])
+        out = capsys.readouterr().out
+        assert code == 0
+        assert "2500 processed, 0 failed (3 requests)." in out
+        assert len(server.stored()) == 2500
+
+    def test_json_array_from_stdin_with_a_default_key(
+        self,
+        server: RunningServer,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """'-' reads a JSON array from stdin; --client-key fills events that have none."""
+        events = [conversion("x", product_id="c1"), conversion("x", product_id="c2")]
+        for event in events:
+            del event["client_key"]
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(json.dumps(events).encode())))
+        code = main(
+            ["send", "-", "--endpoint", server.events_url, "--client-key", server.client_key]
+        )
+        assert code == 0, capsys.readouterr().err
+        assert product_ids(server.stored(server.client_key)) == ["c1", "c2"]
+
+    def test_failures_are_summarised_with_reasons(
+        self, server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Broken events (caught locally) and refused ones (by the server) are counted by code."""
+        key = server.client_key
+        events = [view(key), view(key, price=-1), view("qlk_unknown"), "not an event"]
+        path = write_ndjson(tmp_path / "events.ndjson", events)
+        code = main(["send", str(path), "--endpoint", server.events_url])
+        out = capsys.readouterr().out
+        assert code == 1
+        assert "1 processed, 3 failed" in out
+        assert "out_of_range" in out and "unknown_client_key" in out and "not_an_object" in out
+        assert len(server.stored()) == 1
+
+    def test_running_the_same_backfill_twice_stores_it_once(
+        self, server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Batch keys derive from their bodies: a re-run within 24 h is a replay."""
+        events = [view(server.client_key, product_id=f"p{i}") for i in range(10)]
+        path = write_ndjson(tmp_path / "events.ndjson", events)
+        assert main(["send", str(path), "--endpoint", server.events_url]) == 0
+        assert main(["send", str(path), "--endpoint", server.events_url]) == 0
+        assert len(server.stored()) == 10
+
+    def test_unreachable_server_is_an_error_not_a_traceback(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """No server: 'Error: ...' on stderr, exit 1, and how to resume."""
+        path = write_ndjson(tmp_path / "events.ndjson", [view("k")])
+        url = f"http://127.0.0.1:{free_port()}/events"
+        code = main(["send", str(path), "--endpoint", url, "--retry-budget", "0.3"])
+        err = capsys.readouterr().err
+        assert code == 1
+        assert err.startswith("Error: ") and "Re-run the same command" in err
+        assert "Traceback" not in err
+
+    @pytest.mark.parametrize(
+        ("content", "says"),
+        [(None, "cannot read"), ("{not json", "neither a JSON array nor NDJSON")],
+    )
+    def test_unreadable_file_is_an_error(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, says: str
+    ) -> None:
+        """A missing or malformed file: 'Error: ...', exit 1."""
+        path = tmp_path / "events.ndjson"
+        if content is not None:
+            path.write_text(content)
+        code = main(["send", str(path), "--endpoint", "http://127.0.0.1:9/events"])
+        assert code == 1
+        assert says in capsys.readouterr().err

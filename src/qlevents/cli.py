@@ -287,10 +287,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_send_command(commands, _Parser)
 
-    from qlevents.client.send_command import add_send_command
-
-    add_send_command(commands, _Parser)
-
     return parser
 
 

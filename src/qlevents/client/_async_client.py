@@ -270,6 +270,7 @@ class AsyncClient:
             options=self.options,
             budget=self.options.retry_budget,
             stats=self._stats,
+            keep_processed=False,
         )
         self._stats.add(sent=len(events))
         await self._run_delivery(delivery, self._sleep)

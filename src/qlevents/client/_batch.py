@@ -173,6 +173,11 @@ class EventQueue:
         with self._lock:
             return self._seq - self._done_seq
 
+    @property
+    def enqueued(self) -> int:
+        """Events ever taken."""
+        return self._seq
+
     def drain(self) -> list[Encoded]:
         """Take every event still queued (the worker is gone); they will not be sent."""
         with self._lock:

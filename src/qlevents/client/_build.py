@@ -23,11 +23,21 @@ _encode: Final = msgspec.json.Encoder().encode
 Encoded = bytes
 
 
-def _checked(event: Mapping[str, Any]) -> ViewEvent | ConversionEvent:
+def _checked(
+    event: Mapping[str, Any], kind: type[ViewEvent] | type[ConversionEvent]
+) -> ViewEvent | ConversionEvent:
+    # The struct types of qlevents.events are the rules. Converting to the one kind we built
+    # is what convert_event does, minus resolving the union on every call (~2 us of 3); on
+    # failure convert_event itself lists every problem, as the server would.
+    try:
+        checked: ViewEvent | ConversionEvent = msgspec.convert(event, kind)
+        return checked
+    except msgspec.ValidationError:
+        pass
     result = convert_event(event)
     if isinstance(result, list):
         raise EventValidationError(result)
-    return result
+    return result  # pragma: no cover - both paths apply the same types
 
 
 def view(
@@ -54,7 +64,7 @@ def view(
         event["tags"] = tags
     if channels is not None:
         event["channels"] = channels
-    return _encode(_checked(event))
+    return _encode(_checked(event, ViewEvent))
 
 
 def total_price(unit_price: Any, units: Any) -> Any:
@@ -114,7 +124,7 @@ def conversion(
         event["tags"] = tags
     if channels is not None:
         event["channels"] = channels
-    return _encode(_checked(event))
+    return _encode(_checked(event, ConversionEvent))
 
 
 def group(events: Iterable[Any], client_key: str | None) -> tuple[Encoded, ...]:

@@ -237,9 +237,7 @@ class Client:
         if self._spool is not None:
             self._spool.put(group)
             self._stats.add(enqueued=len(group), spooled=len(group))
-        elif self._queue.put_nowait(group):
-            self._stats.add(enqueued=len(group))
-        else:
+        elif not self._queue.put_nowait(group):  # the queue counts what it takes
             self._drop(len(group))
 
     def _drop(self, count: int) -> None:
@@ -379,6 +377,7 @@ class Client:
         """Counters of this process: enqueued, sent, processed, failed, retried, dropped,
         spooled, requests, and pending (queued, not answered yet)."""
         counts = self._stats.snapshot()
+        counts["enqueued"] += self._queue.enqueued
         counts["pending"] = (self._spool or self._queue).pending()
         return counts
 

@@ -33,6 +33,17 @@ from qlevents.events import ErrorEntry, EventsResponse, StoredEvent
 log: Final = logging.getLogger("qlevents.client")
 
 _decode_answer: Final = msgspec.json.Decoder(EventsResponse).decode
+
+
+class _Counted(msgspec.Struct):
+    """An answer read for its counts and errors only: the background sender needs no more."""
+
+    processed: list[msgspec.Raw] = []
+    failed: list[msgspec.Raw] = []
+    errors: list[ErrorEntry] = []
+
+
+_decode_counts: Final = msgspec.json.Decoder(_Counted).decode
 RETRY_STATUSES: Final = frozenset({408, 425, 429})
 #: The client-side error code of an event that could not be delivered (no answer in time).
 NOT_DELIVERED: Final = "not_delivered"
@@ -142,12 +153,15 @@ class Delivery:
         options: Options,
         budget: float,
         stats: Stats | None = None,
+        keep_processed: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stats = stats or Stats()
+        # send() returns the stored events; the background sender only counts them.
+        self._decode = _decode_answer if keep_processed else _decode_counts
         self.options = options
         self.events = list(events)
-        self.processed: list[StoredEvent] = []
+        self.processed: list[Any] = []
         #: (index in the input, the errors about it) for every event the server refused.
         self.failures: list[tuple[int, list[ErrorEntry]]] = []
         #: Indexes of the events no answer was had for, and why.
@@ -185,9 +199,9 @@ class Delivery:
         self.stats.add(requests=1)
         request.tries += 1
         status = answer.status
-        parsed: EventsResponse | None = None
+        parsed: EventsResponse | _Counted | None = None
         try:
-            parsed = _decode_answer(answer.body)
+            parsed = self._decode(answer.body)
         except msgspec.DecodeError:
             parsed = None
         if status == 200 and parsed is not None:
@@ -293,7 +307,7 @@ class Delivery:
         ]
         self._queue.extendleft(reversed(halves))
 
-    def _settle_200(self, request: Request, answer: EventsResponse) -> None:
+    def _settle_200(self, request: Request, answer: EventsResponse | _Counted) -> None:
         self._queue.popleft()
         self.processed.extend(answer.processed)
         by_index: dict[int, list[ErrorEntry]] = {}
@@ -342,7 +356,12 @@ class Delivery:
     # --- the log: every call, with its timings ---------------------------------------------
 
     def _log_call(
-        self, request: Request, status: int, seconds: float, answer: EventsResponse, raw: Answer
+        self,
+        request: Request,
+        status: int,
+        seconds: float,
+        answer: EventsResponse | _Counted,
+        raw: Answer,
     ) -> None:
         failed = len(answer.failed)
         level = logging.WARNING if failed else logging.INFO

@@ -123,6 +123,7 @@ class Worker(threading.Thread):
             options=self.options,
             budget=math.inf if self.durable else self.options.retry_budget,
             stats=self.stats,
+            keep_processed=False,
         )
         self.stats.add(sent=len(batch.events))
         run_delivery(delivery, self.transport, self.source.sleep)

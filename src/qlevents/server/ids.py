@@ -30,6 +30,15 @@ def new_event_ids(count: int) -> list[str]:
     return [prefix + _INDEX_HEX[i] for i in range(count)]
 
 
+_second_prefix: tuple[int, str] = (-1, "")
+
+
 def utc_now_iso() -> str:
     """Now, as an RFC 3339 UTC timestamp with microseconds (``...T05:36:29.123456Z``)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    global _second_prefix  # noqa: PLW0603 - a one-entry cache: the date changes once a second
+    now = time.time_ns() // 1000
+    second, micros = divmod(now, 1_000_000)
+    if _second_prefix[0] != second:
+        stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_prefix = (second, stamp)
+    return f"{_second_prefix[1]}.{micros:06d}Z"

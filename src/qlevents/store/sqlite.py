@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -47,7 +47,6 @@ CREATE TABLE IF NOT EXISTS events (
     tags        TEXT    NOT NULL,  -- JSON array of strings
     channels    TEXT    NOT NULL   -- JSON array of strings
 );
-CREATE INDEX IF NOT EXISTS events_by_client ON events (client_key, position);
 CREATE TABLE IF NOT EXISTS idempotency (
     scope       TEXT    NOT NULL,
     key         TEXT    NOT NULL,
@@ -87,6 +86,10 @@ class _Append:
     replay: Replay | None = field(default=None)
 
 
+#: Put on the writer's queue to stop it once everything before it is committed.
+_STOP: Final = None
+
+
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection with the pragmas every qlevents connection needs."""
     if readonly:
@@ -116,11 +119,11 @@ class SQLiteEventStore(EventStore):
         self._max_pending_events = max_pending_events
         self._observer = observer
         self._wal_reset_pages = wal_reset_pages
-        self._writer: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
-        self._pending: list[_Append] = []
-        self._pending_events = 0
-        self._commit_running: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: queue.SimpleQueue[_Append | None] = queue.SimpleQueue()
+        self._pending_events = 0  # only touched on the event loop's thread
+        self._writer: threading.Thread | None = None
         self._last_expiry = 0.0
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpointer = threading.Event()
@@ -128,9 +131,17 @@ class SQLiteEventStore(EventStore):
     # --- lifecycle -----------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="qlevents-sqlite-writer")
-        loop = asyncio.get_running_loop()
-        self._conn = await loop.run_in_executor(self._writer, self._open_sync)
+        self._loop = asyncio.get_running_loop()
+        self._conn = await asyncio.to_thread(self._open_sync)
+        self._writer = threading.Thread(
+            target=self._write_loop, name="qlevents-sqlite-writer", daemon=True
+        )
+        self._writer.start()
+        self._stop_checkpointer.clear()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="qlevents-sqlite-checkpointer", daemon=True
+        )
+        self._checkpointer.start()
 
     def _open_sync(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,11 +153,6 @@ class SQLiteEventStore(EventStore):
         # inside a commit every 1000 pages and stall the requests waiting on it. A thread of
         # their own does them beside the writer instead.
         conn.execute("PRAGMA wal_autocheckpoint = 0")
-        self._stop_checkpointer.clear()
-        self._checkpointer = threading.Thread(
-            target=self._checkpoint_loop, name="qlevents-sqlite-checkpointer", daemon=True
-        )
-        self._checkpointer.start()
         return conn
 
     def _checkpoint_loop(self) -> None:
@@ -167,60 +173,71 @@ class SQLiteEventStore(EventStore):
             conn.close()
 
     async def close(self) -> None:
-        while self._commit_running is not None or self._pending:
-            if self._commit_running is not None:
-                await asyncio.shield(self._commit_running)
-            elif self._pending:
-                self._start_commit()
+        if self._writer is not None:
+            self._queue.put(_STOP)  # after everything already queued
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
         if self._checkpointer is not None:
             self._stop_checkpointer.set()
             await asyncio.to_thread(self._checkpointer.join)
             self._checkpointer = None
-        if self._writer is not None:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                await asyncio.get_running_loop().run_in_executor(self._writer, conn.close)
-            self._writer.shutdown(wait=True)
-            self._writer = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
     # --- writes: group commit ------------------------------------------------------------
 
     async def append(
         self, events: Sequence[StoredEvent], idempotency: IdempotencyRecord | None = None
     ) -> Replay | None:
-        if self._conn is None:
+        if self._writer is None or self._loop is None:
             raise StoreUnavailableError("the event store is not open")
         if self._pending_events + len(events) > self._max_pending_events:
             raise StoreUnavailableError(
                 f"the store's writer is behind ({self._pending_events} events waiting)"
             )
-        future: asyncio.Future[Replay | None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Append(events, idempotency, future))
+        future: asyncio.Future[Replay | None] = self._loop.create_future()
         self._pending_events += len(events)
-        if self._commit_running is None:
-            self._start_commit()
+        self._queue.put(_Append(events, idempotency, future))
         return await future
 
-    def _start_commit(self) -> None:
-        group, self._pending = self._pending, []
-        self._pending_events = 0
-        loop = asyncio.get_running_loop()
-        running = loop.run_in_executor(self._writer, self._commit_sync, group)
-        self._commit_running = running
-        running.add_done_callback(lambda done: self._commit_done(done, group))
+    def _write_loop(self) -> None:
+        """The writer thread: commit everything queued so far in one transaction, repeat."""
+        assert self._loop is not None
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            group = [first]
+            while True:  # everything that arrived during the previous commit
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    stopping = True
+                    break
+                group.append(more)
+            error: BaseException | None = None
+            try:
+                self._commit_sync(group)
+            except Exception as exc:  # a bug must fail these requests, not kill the writer
+                error = exc
+                if not isinstance(exc, StoreUnavailableError):
+                    log.exception("commit failed")
+            # One hop back to the event loop per group, not per request.
+            self._loop.call_soon_threadsafe(self._resolve, group, error)
 
-    def _commit_done(self, done: asyncio.Future[None], group: list[_Append]) -> None:
-        self._commit_running = None
-        error = done.exception()
+    def _resolve(self, group: list[_Append], error: BaseException | None) -> None:
         for append in group:
+            self._pending_events -= len(append.events)
             if append.future.done():  # the caller went away (cancelled)
                 continue
             if error is None:
                 append.future.set_result(append.replay)
             else:
                 append.future.set_exception(error)
-        if self._pending:
-            self._start_commit()
 
     def _commit_sync(self, group: list[_Append]) -> None:
         conn = self._conn
@@ -230,14 +247,18 @@ class SQLiteEventStore(EventStore):
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                count = 0
+                stored: list[Sequence[StoredEvent]] = []
                 for append in group:
+                    append.replay = None
                     if append.idempotency is not None:
                         append.replay = self._claim_key(conn, append.idempotency, now)
                         if append.replay is not None:
                             continue
-                    conn.executemany(_INSERT_EVENT, map(_row, append.events))
-                    count += len(append.events)
+                    stored.append(append.events)
+                # One executemany for the whole group: most groups are many small requests.
+                rows = [_row(event) for events in stored for event in events]
+                conn.executemany(_INSERT_EVENT, rows)
+                count = len(rows)
                 if now - self._last_expiry > _EXPIRE_EVERY:
                     conn.execute(
                         "DELETE FROM idempotency WHERE created_at < ?", (now - IDEMPOTENCY_TTL,)
@@ -305,16 +326,21 @@ class SQLiteEventStore(EventStore):
         return [(row[0], _event(row)) for row in rows]
 
     async def check_writable(self) -> None:
-        if self._conn is None or self._writer is None:
+        if self._writer is None:
             raise StoreUnavailableError("the event store is not open")
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writer, self._check_writable_sync)
+        await asyncio.to_thread(self._check_writable_sync)
 
     def _check_writable_sync(self) -> None:
-        assert self._conn is not None
+        # A connection of its own: the writer's belongs to the writer thread. Taking the
+        # write lock for an instant proves the disk and the lock are available.
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.execute("ROLLBACK")
+            conn = connect(self.path)
+            try:
+                conn.execute("PRAGMA busy_timeout = 1000")
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+            finally:
+                conn.close()
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"the event store cannot take writes: {exc}") from exc
 

@@ -219,6 +219,7 @@ class TestLifecycle:
             client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
         assert client.flush(0.5) is False
         assert "3 events still pending" in caplog.text
+        client.close(timeout=0.2)
 
     def test_close_is_bounded_and_counts_what_it_drops(
         self, make_client: MakeClient, caplog: pytest.LogCaptureFixture

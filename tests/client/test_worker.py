@@ -209,3 +209,40 @@ class TestExit:
         )
         assert done.returncode == 0, done.stderr
         assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(300))
+
+
+class TestServerLimits:
+    def test_batch_over_the_servers_limit_is_split(
+        self, serve: Callable[..., RunningServer], make_client: MakeClient
+    ) -> None:
+        """A server with --max-events 4 answers 413; the client splits and stores all 20."""
+        server = serve("--max-events", "4")
+        client = make_client(server.client_key, server.events_url, flush_interval=60)
+        sent = views(client, 20)
+        assert client.flush(30)
+        assert product_ids(server.stored()) == sent
+
+    def test_gzip_bodies_are_stored(self, server: RunningServer, make_client: MakeClient) -> None:
+        """With gzip_min_bytes=0 every body is compressed; the server stores them all."""
+        client = make_client(server.client_key, server.events_url, gzip_min_bytes=0)
+        sent = views(client, 50)
+        assert client.flush(30)
+        assert product_ids(server.stored()) == sent
+
+
+class TestDroppedClient:
+    def test_unclosed_client_still_delivers_while_the_process_lives(
+        self, server: RunningServer
+    ) -> None:
+        """A client garbage-collected without close(): its sender drains the queue, then ends."""
+        import gc
+
+        client = Client(server.client_key, server.events_url, flush_interval=0.05)
+        sent = views(client, 5)
+        worker = client._worker
+        del client
+        gc.collect()
+        assert worker is not None
+        worker.join(30)
+        assert not worker.is_alive()
+        assert product_ids(server.stored()) == sent

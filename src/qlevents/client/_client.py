@@ -367,6 +367,13 @@ class Client:
             self._spool.close()
         self._transport.close()
 
+    def __del__(self) -> None:
+        # Dropped without close(): let the sender drain the queue and end, not linger.
+        worker = getattr(self, "_worker", None)
+        if worker is not None and self._state is State.OPEN and self._pid == os.getpid():
+            worker.orphaned = True
+            (self._spool or self._queue).stop()
+
     def _close_at_exit(self) -> None:
         try:
             self.close()

@@ -92,8 +92,17 @@ class Worker(threading.Thread):
         self.on_failure = on_failure
         #: With a spool, a batch is never given up: it waits in the spool for the server.
         self.durable = durable
+        #: Its client was garbage-collected unclosed: release the transport when done.
+        self.orphaned = False
 
     def run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            if self.orphaned:
+                self.transport.close()
+
+    def _loop(self) -> None:
         while True:
             try:
                 batch = self.source.take()

@@ -102,6 +102,12 @@ class TestLocalValidation:
             assert client.flush(5)
         assert transport.requests == []
 
+    def test_text_that_is_not_unicode_is_refused(self) -> None:
+        """A lone surrogate in a str cannot be sent as JSON: a validation error, not a crash."""
+        client = Client("k", "http://127.0.0.1:9/events", transport=RecordingTransport())
+        with client, pytest.raises(EventValidationError, match="not valid Unicode"):
+            client.view(product_id="p\ud800", price=1, permalink="https://s.example/")
+
     def test_conversion_with_two_channels_is_refused(self) -> None:
         """The spec's one-channel rule for conversions applies locally too."""
         client = Client("k", "http://127.0.0.1:9/events", transport=RecordingTransport())

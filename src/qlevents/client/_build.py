@@ -16,11 +16,20 @@ import msgspec
 from qlevents._exceptions import ClientError, EventValidationError
 from qlevents.client._config import SERVER_MAX_BYTES, SERVER_MAX_EVENTS
 from qlevents.events import ConversionEvent, ViewEvent
-from qlevents.validation import INVALID_VALUE, Problem, convert_event
+from qlevents.validation import INVALID_TEXT, INVALID_VALUE, Problem, convert_event
 
 _encode: Final = msgspec.json.Encoder().encode
 #: One encoded event, ready to be joined into a request body.
 Encoded = bytes
+
+
+def _encoded(event: ViewEvent | ConversionEvent) -> Encoded:
+    try:
+        return _encode(event)
+    except UnicodeEncodeError as exc:  # a lone surrogate in a str: not sendable as JSON
+        raise EventValidationError(
+            [Problem(None, INVALID_TEXT, f"the event holds text that is not valid Unicode: {exc}.")]
+        ) from None
 
 
 def _checked(
@@ -64,7 +73,7 @@ def view(
         event["tags"] = tags
     if channels is not None:
         event["channels"] = channels
-    return _encode(_checked(event, ViewEvent))
+    return _encoded(_checked(event, ViewEvent))
 
 
 def total_price(unit_price: Any, units: Any) -> Any:
@@ -124,7 +133,7 @@ def conversion(
         event["tags"] = tags
     if channels is not None:
         event["channels"] = channels
-    return _encode(_checked(event, ConversionEvent))
+    return _encoded(_checked(event, ConversionEvent))
 
 
 def group(events: Iterable[Any], client_key: str | None) -> tuple[Encoded, ...]:
@@ -138,7 +147,7 @@ def group(events: Iterable[Any], client_key: str | None) -> tuple[Encoded, ...]:
     size = 2
     for index, event in enumerate(events):
         if isinstance(event, ViewEvent | ConversionEvent):
-            encoded.append(_encode(event))
+            encoded.append(_encoded(event))
         else:
             given = event
             if isinstance(event, Mapping) and "client_key" not in event and client_key:
@@ -147,7 +156,7 @@ def group(events: Iterable[Any], client_key: str | None) -> tuple[Encoded, ...]:
             if isinstance(result, list):
                 problems.extend(_at(index, p) for p in result)
                 continue
-            encoded.append(_encode(result))
+            encoded.append(_encoded(result))
         size += len(encoded[-1]) + 1
     if problems:
         raise EventValidationError(problems)

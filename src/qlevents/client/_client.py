@@ -162,6 +162,9 @@ class Client:
         """In a forked child: a fresh queue and sender; the parent's queue is the parent's."""
         if self._pid == os.getpid():
             return
+        if self._state is State.CLOSED:
+            self._pid = os.getpid()
+            return
         if self._spool is not None:
             # The same spool, reopened: its events are sent once, by whoever holds its lock.
             self._spool.abandon()

@@ -246,3 +246,16 @@ class TestDroppedClient:
         worker.join(30)
         assert not worker.is_alive()
         assert product_ids(server.stored()) == sent
+
+
+class TestRealRateLimit:
+    def test_server_rate_limit_429s_are_waited_out(
+        self, serve: Callable[..., RunningServer], make_client: MakeClient
+    ) -> None:
+        """Against the server's own rate limit (100 events/s): 429s, retries, all stored once."""
+        server = serve("--rate-limit", "100", "--rate-burst", "50")
+        client = make_client(server.client_key, server.events_url, max_batch_events=50)
+        sent = views(client, 200)
+        assert client.flush(30)
+        assert product_ids(server.stored()) == sent
+        assert client.stats()["retried"] >= 1

@@ -130,6 +130,28 @@ def qlevents_round(
     return (enqueued - started) / calls, calls / (done - started)
 
 
+def server_ceiling(key: str, url: str, calls: int, tag: str) -> float:
+    """Events/s the server takes from a sender with nothing else to do: pre-encoded bodies of
+    500 events, one request at a time, each with an Idempotency-Key (as the SDK sends)."""
+    import httpx
+    import msgspec
+
+    events = [
+        msgspec.json.encode(
+            {"event": "view", "client_key": key, "product_id": f"{tag}-{i}", **PRODUCT}
+        )
+        for i in range(calls)
+    ]
+    bodies = [b"[" + b",".join(events[i : i + 500]) + b"]" for i in range(0, calls, 500)]
+    with httpx.Client(timeout=30) as http:
+        started = time.perf_counter()
+        for n, body in enumerate(bodies):
+            answer = http.post(url, content=body, headers={"idempotency-key": f"{tag}-{n}"})
+            if answer.status_code != 200:
+                raise RuntimeError(f"server ceiling: status {answer.status_code}")
+        return calls / (time.perf_counter() - started)
+
+
 def analytics_round(host: str, calls: int, tag: str) -> tuple[float, float]:
     from segment.analytics import Client as AnalyticsClient
 
@@ -172,6 +194,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     python = sys.executable
     results: dict[str, list[tuple[float, float]]] = {"qlevents": [], "analytics": []}
+    ceilings: list[float] = []
     sent_to_noop = 0
     with tempfile.TemporaryDirectory(prefix="qlevents-bench-") as tmp:
         data_dir = Path(tmp) / "data"
@@ -205,15 +228,17 @@ def main() -> int:
                 for name, run in sides:
                     results[name].append(run())
                 sent_to_noop += calls
+                ceilings.append(server_ceiling(key, url, calls, f"c{n}"))
                 q, a = results["qlevents"][-1], results["analytics"][-1]
                 print(
                     f"round {n + 1}/{rounds}: qlevents {q[0] * 1e6:.2f} us/call {q[1]:,.0f} ev/s;"
-                    f" analytics-python {a[0] * 1e6:.2f} us/call {a[1]:,.0f} ev/s",
+                    f" analytics-python {a[0] * 1e6:.2f} us/call {a[1]:,.0f} ev/s;"
+                    f" server ceiling {ceilings[-1]:,.0f} ev/s",
                     file=sys.stderr,
                 )
             total, distinct = stored_count(data_dir)
             received = noop_count(f"{noop}/count")
-    expected = 500 + rounds * calls
+    expected = 500 + 2 * rounds * calls  # the SDK's events and the ceiling's
     q_call = statistics.median(r[0] for r in results["qlevents"])
     a_call = statistics.median(r[0] for r in results["analytics"])
     q_rate = statistics.median(r[1] for r in results["qlevents"])
@@ -235,6 +260,11 @@ def main() -> int:
     print(
         f"| end to end (first call → flush done) | {q_rate:,.0f} events/s | {a_rate:,.0f}"
         f" events/s (no-op endpoint) | {q_rate / a_rate:.1f}x | ≥ 3x {'✅' if rate_ok else '❌'} |"
+    )
+    ceiling = statistics.median(ceilings)
+    print(
+        f"| the server's ceiling: 500-event bodies, pre-encoded, one at a time, with keys"
+        f" | {ceiling:,.0f} events/s | | {ceiling / a_rate:.1f}x | (bounds the row above) |"
     )
     print(
         f"| events lost | {q_lost} of {expected:,} (stored twice: {total - distinct})"

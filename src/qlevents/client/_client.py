@@ -331,6 +331,8 @@ class Client:
 
     def close(self, timeout: float | None = None) -> None:
         """Send what is queued (within ``timeout``, default ``shutdown_timeout``), then stop."""
+        if self._pid != os.getpid():
+            self._after_fork()  # before anything else: the parent's queue is not ours to drop
         with self._lock:
             if self._state is State.CLOSED:
                 return
@@ -338,8 +340,6 @@ class Client:
         atexit.unregister(self._exit_hook)
         timeout = self.options.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        if self._pid != os.getpid():
-            self._after_fork()
         source = self._spool or self._queue
         worker = self._worker
         if worker is None and source.pending() and self._spool is None:

@@ -6,6 +6,7 @@ Each request takes the next fault from ``proxy.faults`` (default: forward it unc
 - ``Slow(seconds)``: forward, then hold the answer ``seconds`` (past the client's timeout).
 - ``Hang(seconds)``: forward, then never answer; close after ``seconds``.
 - ``Reset()``: close the connection without forwarding or answering.
+- ``CloseAfter()``: forward and answer, then close the keep-alive connection silently.
 
 Every request is recorded (headers and decompressed body), so tests can check that a retry
 carried the same Idempotency-Key.
@@ -48,7 +49,12 @@ class Reset:
     pass
 
 
-Fault = Status | Slow | Hang | Reset
+@dataclass(frozen=True)
+class CloseAfter:
+    """Forward and answer, then close the connection without saying so (an idle timeout)."""
+
+
+Fault = Status | Slow | Hang | Reset | CloseAfter
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,8 @@ class FaultProxy:
             handler.close_connection = True
             return
         self._reply(handler, response.status_code, response.content, extra)
+        if isinstance(fault, CloseAfter):
+            handler.close_connection = True
 
     @staticmethod
     def _reply(

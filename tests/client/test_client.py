@@ -291,3 +291,29 @@ class TestLogging:
         assert event["product_id"] == "p" and codes == ["unknown_client_key"]
         assert "event not stored: view 'p': unknown_client_key" in caplog.text
         assert client.stats()["failed"] == 1
+
+
+class TestDefaultTransport:
+    def test_stdlib_transport_without_a_proxy(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """With no proxy configured, Client posts through the light http.client transport."""
+        from qlevents.client import HTTPTransport
+        from qlevents.client._transport import default_transport
+
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        transport = default_transport("https://evt.example/events", 1, 2)
+        assert isinstance(transport, HTTPTransport)
+        transport.close()
+
+    def test_httpx_transport_when_a_proxy_is_configured(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """HTTPS_PROXY set: the client falls back to httpx, which honours proxies."""
+        from qlevents.client import HTTPXTransport
+        from qlevents.client._transport import default_transport
+
+        monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+        monkeypatch.setenv("no_proxy", "")
+        transport = default_transport("https://evt.example/events", 1, 2)
+        assert isinstance(transport, HTTPXTransport)
+        transport.close()

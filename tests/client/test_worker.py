@@ -18,7 +18,7 @@ import pytest
 from qlevents import Client
 from qlevents.accounts import AccountBook
 from tests.client.conftest import eventually, product_ids
-from tests.client.faults import FaultProxy, Hang, Reset, Slow, Status
+from tests.client.faults import CloseAfter, FaultProxy, Hang, Reset, Slow, Status
 from tests.support import RunningServer
 
 MakeClient = Callable[..., Client]
@@ -209,6 +209,27 @@ class TestExit:
         )
         assert done.returncode == 0, done.stderr
         assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(300))
+
+
+class TestConnections:
+    def test_connection_closed_by_the_server_while_idle_is_not_an_error(
+        self,
+        server: RunningServer,
+        proxy: FaultProxy,
+        make_client: MakeClient,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A keep-alive connection the server closed is replaced, not failed on and retried."""
+        proxy.add(CloseAfter())
+        client = make_client(server.client_key, proxy.url)
+        first = views(client, 3, prefix="a")
+        assert client.flush(30)
+        eventually(lambda: len(proxy.seen) == 1)
+        second = views(client, 3, prefix="b")
+        assert client.flush(30)
+        assert client.stats()["retried"] == 0
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert product_ids(server.stored()) == sorted(first + second)
 
 
 class TestServerLimits:

@@ -7,7 +7,13 @@ from qlevents.client._async_client import AsyncClient
 from qlevents.client._client import Client
 from qlevents.client._config import DEFAULT_ENDPOINT, FailureCallback
 from qlevents.client._delivery import NOT_DELIVERED, SendResult
-from qlevents.client._transport import Answer, AsyncTransport, Transport
+from qlevents.client._transport import (
+    Answer,
+    AsyncTransport,
+    HTTPTransport,
+    HTTPXTransport,
+    Transport,
+)
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -17,6 +23,8 @@ __all__ = [
     "AsyncTransport",
     "Client",
     "FailureCallback",
+    "HTTPTransport",
+    "HTTPXTransport",
     "SendResult",
     "Transport",
 ]

@@ -33,7 +33,7 @@ from qlevents.client._delivery import (
     new_idempotency_key,
 )
 from qlevents.client._spool import Spool
-from qlevents.client._transport import HTTPXTransport, Transport
+from qlevents.client._transport import Transport, default_transport
 from qlevents.client._worker import Worker, report_failures, run_delivery
 from qlevents.events import ErrorEntry
 
@@ -125,7 +125,7 @@ class Client:
         self.options.check()
         self.spool_dir = None if spool_dir is None else Path(spool_dir)
         self.on_failure = on_failure
-        self._transport = transport or HTTPXTransport(connect_timeout, timeout)
+        self._transport = transport or default_transport(endpoint, connect_timeout, timeout)
         self._state = State.OPEN
         self._setup()
         if self._spool is not None and self._spool.pending():

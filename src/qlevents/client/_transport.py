@@ -1,14 +1,27 @@
 """The network seam: one method to implement, ``post``, in a sync and an async flavour.
 
-The default transports use httpx with low timeouts. ``qlevents.testing.RecordingTransport``
-stands in for the network in an integrator's tests.
+``Client`` sends with :class:`HTTPTransport`: keep-alive HTTP/1.1 on the standard library's
+``http.client``, with httpx's trust store (certifi). It does the one thing the sender
+needs, a POST with a bytes body, with a fraction of a general client's per-request Python
+work, which matters because the sender shares the GIL with the application's threads. When
+an HTTP(S) proxy is configured for the endpoint (``HTTPS_PROXY`` and friends) it falls back
+to :class:`HTTPXTransport`, which honours proxies. ``AsyncClient`` uses httpx's async client.
+``qlevents.testing.RecordingTransport`` stands in for the network in an integrator's tests.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
+import select
+import socket
+import ssl
+import threading
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -53,6 +66,123 @@ def _timeout(connect: float, total: float) -> httpx.Timeout:
 
 def _answer(response: httpx.Response) -> Answer:
     return Answer(response.status_code, response.content, dict(response.headers.items()))
+
+
+#: Connections of a parent process: a forked child drops them without closing (not its own).
+_inherited: list[Any] = []
+
+
+class HTTPTransport(Transport):
+    """Keep-alive HTTP/1.1 connections on ``http.client``; a fresh pool after a fork."""
+
+    def __init__(self, connect_timeout: float = 1.0, timeout: float = 2.5) -> None:
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
+        self._pid = os.getpid()
+        self._tls: ssl.SSLContext | None = None
+
+    def _context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            try:
+                import certifi  # httpx's trust store: the same certificates either way
+
+                self._tls = ssl.create_default_context(cafile=certifi.where())
+            except ImportError:  # pragma: no cover - certifi comes with httpx
+                self._tls = ssl.create_default_context()
+        return self._tls
+
+    def _checkout(self, origin: tuple[str, str, int]) -> http.client.HTTPConnection:
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's sockets are not ours
+                _inherited.append(self._idle)
+                self._idle = {}
+                self._pid = os.getpid()
+            idle = self._idle.get(origin)
+            while idle:
+                reused = idle.pop()
+                if not _stale(reused):
+                    return reused
+                reused.close()
+        scheme, host, port = origin
+        if scheme == "https":
+            connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+                host, port, timeout=self.connect_timeout, context=self._context()
+            )
+        else:
+            connection = http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
+        connection.connect()  # within connect_timeout; then each read/write within timeout
+        assert connection.sock is not None
+        connection.sock.settimeout(self.timeout)
+        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Answer:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        port = parts.port or (443 if scheme == "https" else 80)
+        origin = (scheme, parts.hostname or "", port)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        connection: http.client.HTTPConnection | None = None
+        try:
+            connection = self._checkout(origin)
+            connection.request(
+                "POST", target, body=body, headers={"user-agent": USER_AGENT, **headers}
+            )
+            response = connection.getresponse()
+            content = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            if connection is not None:
+                connection.close()
+            raise TransportError(f"{type(exc).__name__}: {exc or 'no detail'}") from exc
+        answer = Answer(response.status, content, {k.lower(): v for k, v in response.getheaders()})
+        if response.will_close:
+            connection.close()
+        else:
+            with self._lock:
+                if self._pid == os.getpid():
+                    self._idle.setdefault(origin, []).append(connection)
+        return answer
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, {}
+            if self._pid != os.getpid():
+                _inherited.append(idle)
+                return
+        for connections in idle.values():
+            for connection in connections:
+                connection.close()
+
+
+def _stale(connection: http.client.HTTPConnection) -> bool:
+    # An idle keep-alive socket that is readable was closed by the server (EOF waiting):
+    # don't send on it, the request would fail half-way.
+    sock = connection.sock
+    if sock is None:
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+def uses_proxy(url: str) -> bool:
+    """Whether the environment configures an HTTP(S) proxy for ``url`` (as httpx would)."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    if not proxies.get(parts.scheme.lower()) and not proxies.get("all"):
+        return False
+    return not urllib.request.proxy_bypass(parts.hostname or "")
+
+
+def default_transport(url: str, connect_timeout: float, timeout: float) -> Transport:
+    """The transport ``Client`` uses unless given one."""
+    if uses_proxy(url):
+        return HTTPXTransport(connect_timeout, timeout)
+    return HTTPTransport(connect_timeout, timeout)
 
 
 class HTTPXTransport(Transport):

@@ -1,0 +1,1 @@
+"""Reliability scripts: crash cycles, soak, long schemathesis runs (see README.md)."""

@@ -1,0 +1,121 @@
+"""Schemathesis against the served /openapi.json: for requests generated from the document,
+no 5xx, and every answer's status, content type, headers and body match the document.
+
+A short run (50 examples per operation and mode); reliability/schemathesis_run.py runs a longer one.
+
+Checks left out, and why:
+* ``negative_data_rejection`` / ``positive_data_acceptance``: POST /events deliberately
+  answers 200 for events that break the schema (they come back in ``failed`` with their
+  errors, the spec's contract), so "schema-invalid input is rejected with 4xx" does not hold
+  by design; the per-event outcome is checked by tests/server/test_properties.py instead.
+* ``unsupported_method``, ``ignored_auth``, ``use_after_free``, ...: other concerns, covered
+  by tests/server/test_events_api.py and test_admin_api.py.
+
+Cases are drawn from each operation's strategy with hypothesis directly rather than with
+``schemathesis.pytest.from_fixture``, which fails on pytest 9 (it sets ``node._nodeid``).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from importlib import resources
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.support import ADMIN_TOKEN, RunningServer, free_port
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
+AUTHORIZATION = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server with the admin API for the whole module."""
+    tmp = tmp_path_factory.mktemp("schemathesis")
+    server = RunningServer(
+        tmp / "data", free_port(), ["--admin-token", ADMIN_TOKEN], tmp / "server.log"
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            server.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def api_schema(api_server: RunningServer) -> schemathesis.BaseSchema:
+    """The document as the server serves it."""
+    return schemathesis.openapi.from_url(f"{api_server.url}/openapi.json")
+
+
+def operations() -> list[tuple[str, GenerationMode]]:
+    """Every operation of the committed document (the served one is checked equal to it in
+    tests/server/test_operations.py), positive, and negative where it has inputs to break."""
+    document = json.loads((resources.files("qlevents.server") / "openapi.json").read_text())
+    cases = []
+    for path in document["paths"].values():
+        for operation in path.values():
+            cases.append((operation["operationId"], GenerationMode.POSITIVE))
+            if "parameters" in operation or "requestBody" in operation:
+                cases.append((operation["operationId"], GenerationMode.NEGATIVE))
+    return cases
+
+
+class TestServedDocument:
+    @pytest.mark.parametrize(("operation_id", "mode"), operations(), ids=str)
+    def test_answers_conform_to_the_document(
+        self,
+        api_schema: schemathesis.BaseSchema,
+        api_server: RunningServer,
+        operation_id: str,
+        mode: GenerationMode,
+    ) -> None:
+        """Generated requests (valid, and invalid by the document) get no 5xx, and answers
+        whose status, content type, headers and body match the served document."""
+        operation = api_schema.find_operation_by_id(operation_id)  # type: ignore[attr-defined]
+        session = requests.Session()
+
+        @settings(
+            max_examples=50,
+            deadline=None,
+            suppress_health_check=[
+                HealthCheck.too_slow,
+                HealthCheck.filter_too_much,
+                HealthCheck.data_too_large,
+            ],
+            database=None,
+        )
+        @given(case=operation.as_strategy(generation_mode=mode))
+        def check(case: schemathesis.Case) -> None:
+            case.call_and_validate(
+                base_url=api_server.url,
+                session=session,
+                headers=AUTHORIZATION,
+                checks=CHECKS,
+                timeout=30,
+            )
+
+        try:
+            check()
+        finally:
+            session.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tests.client.conftest import product_ids, run_script
 from tests.support import RunningServer
 
@@ -56,4 +58,32 @@ class TestFork:
         assert done.returncode == 0, done.stderr
         assert "codes [0, 0, 0] parent sent 0" in done.stdout
         expected = [f"w{n}-{i}" for n in range(3) for i in range(20)]
+        assert product_ids(server.stored()) == sorted(expected)
+
+
+SPOOL_FORK = """
+import os, sys
+from qlevents import Client
+client = Client(sys.argv[1], sys.argv[2], spool_dir=sys.argv[3], flush_interval=0.05)
+for i in range(10):
+    client.view(product_id=f"parent{i}", price=1, permalink="https://s.example/")
+pid = os.fork()
+if pid == 0:
+    for i in range(5):
+        client.view(product_id=f"child{i}", price=1, permalink="https://s.example/")
+    sys.exit(0 if client.flush(20) else 3)
+code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+print("child exit", code, "parent flushed", client.flush(20), flush=True)
+"""
+
+
+class TestForkWithSpool:
+    def test_parent_and_child_share_a_spool_and_each_event_is_sent_once(
+        self, server: RunningServer, tmp_path: Path
+    ) -> None:
+        """After fork both write to the spool; only the lock holder sends; nothing twice."""
+        done = run_script(SPOOL_FORK, server.client_key, server.events_url, str(tmp_path / "s"))
+        assert done.returncode == 0, done.stderr
+        assert "child exit 0 parent flushed True" in done.stdout
+        expected = [f"parent{i}" for i in range(10)] + [f"child{i}" for i in range(5)]
         assert product_ids(server.stored()) == sorted(expected)

@@ -291,8 +291,8 @@ class AsyncClient:
         self._settled.fire()
 
     async def _sleep(self, seconds: float) -> bool:
-        if not self._aborting:
-            await self._settled.wait(seconds) if seconds > 0 else None
+        if not self._aborting and seconds > 0:
+            await self._settled.wait(seconds)  # close() fires it to cut the wait short
         return not self._aborting
 
     async def _run_delivery(self, delivery: Delivery, sleep: Any) -> None:

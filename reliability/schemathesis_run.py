@@ -6,7 +6,8 @@ tests/server/test_schemathesis.py).
 Starts ``qlevents serve`` with the admin API on a loopback port and a temporary data
 directory, runs ``schemathesis run`` on its served document with every phase (examples,
 coverage, fuzzing, stateful), valid and invalid inputs, and the checks that apply to this
-API (see the test module for why negative_data_rejection does not). Arguments after ``--``
+API (see the test module for why negative_data_rejection does not); then a second pass over
+the admin routes that name an account, with one that exists. Arguments after ``--``
 go to ``schemathesis run`` as they are. Exits with Schemathesis' exit code (0: no failure).
 """
 
@@ -43,8 +44,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         server.start()
         try:
+            # Second pass: the routes that name an account, with one that exists (in the
+            # first pass generated keys make them all 404s).
+            config = Path(tmp) / "existing-account.toml"
+            key = server.add_account("schemathesis")
+            config.write_text(f'[parameters]\n"path.key" = "{key}"\n')
+            passes = [[], ["--config-file", str(config)]]
+            extra = [[], ["--include-path-regex", "[{]key[}]"]]
             command = [
-                st, "run", f"{server.url}/openapi.json",
+                "run", f"{server.url}/openapi.json",
                 "--checks", CHECKS,
                 "--header", f"Authorization: Bearer {ADMIN_TOKEN}",
                 "--max-examples", str(args.max_examples),
@@ -59,10 +67,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.seed is not None:
                 command += ["--seed", str(args.seed)]
             if args.report_dir:
-                command += ["--report", "junit,ndjson", "--report-dir", str(args.report_dir)]
+                report_dir = str(args.report_dir.resolve())
+                command += ["--report", "junit,ndjson", "--report-dir", report_dir]
             command += args.extra
-            print("$", " ".join(command), flush=True)
-            code = subprocess.run(command, check=False).returncode
+            code = 0
+            for before, after in zip(passes, extra, strict=True):
+                run = [st, *before, *command, *after]
+                print("$", " ".join(run), flush=True)
+                # In the temporary directory: schemathesis keeps a .schemathesis/ cache there.
+                code = code or subprocess.run(run, cwd=tmp, check=False).returncode
             server_errors = [line for line in server.log().splitlines() if "Traceback" in line]
             if server_errors:
                 print(f"the server logged {len(server_errors)} tracebacks:\n{server.log()[-5000:]}")

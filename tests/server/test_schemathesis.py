@@ -68,31 +68,42 @@ def api_schema(api_server: RunningServer) -> schemathesis.BaseSchema:
     return schemathesis.openapi.from_url(f"{api_server.url}/openapi.json")
 
 
-def operations() -> list[tuple[str, GenerationMode]]:
+EXISTING = "positive-existing-account"
+
+
+def operations() -> list[tuple[str, str]]:
     """Every operation of the committed document (the served one is checked equal to it in
-    tests/server/test_operations.py), positive, and negative where it has inputs to break."""
+    tests/server/test_operations.py): positive; negative where it has inputs to break; and,
+    where the path names an account, positive with a key that exists (else all are 404s)."""
     document = json.loads((resources.files("qlevents.server") / "openapi.json").read_text())
     cases = []
-    for path in document["paths"].values():
-        for operation in path.values():
-            cases.append((operation["operationId"], GenerationMode.POSITIVE))
+    for path, methods in document["paths"].items():
+        for operation in methods.values():
+            cases.append((operation["operationId"], GenerationMode.POSITIVE.value))
             if "parameters" in operation or "requestBody" in operation:
-                cases.append((operation["operationId"], GenerationMode.NEGATIVE))
+                cases.append((operation["operationId"], GenerationMode.NEGATIVE.value))
+            if "{key}" in path:
+                cases.append((operation["operationId"], EXISTING))
     return cases
 
 
 class TestServedDocument:
-    @pytest.mark.parametrize(("operation_id", "mode"), operations(), ids=str)
+    @pytest.mark.parametrize(("operation_id", "mode"), operations())
     def test_answers_conform_to_the_document(
         self,
         api_schema: schemathesis.BaseSchema,
         api_server: RunningServer,
         operation_id: str,
-        mode: GenerationMode,
+        mode: str,
     ) -> None:
         """Generated requests (valid, and invalid by the document) get no 5xx, and answers
         whose status, content type, headers and body match the served document."""
         operation = api_schema.find_operation_by_id(operation_id)  # type: ignore[attr-defined]
+        if mode == EXISTING:
+            key = api_server.add_account(f"schemathesis-{operation_id}")
+            strategy = operation.as_strategy(path_parameters={"key": key})
+        else:
+            strategy = operation.as_strategy(generation_mode=GenerationMode(mode))
         session = requests.Session()
 
         @settings(
@@ -105,7 +116,7 @@ class TestServedDocument:
             ],
             database=None,
         )
-        @given(case=operation.as_strategy(generation_mode=mode))
+        @given(case=strategy)
         def check(case: schemathesis.Case) -> None:
             case.call_and_validate(
                 base_url=api_server.url,

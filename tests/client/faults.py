@@ -85,6 +85,8 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._connections: set[socket.socket] = set()
+        #: Connections closed by a CloseAfter fault so far.
+        self.closed_after = 0
         self._http = httpx.Client(timeout=30)
         proxy = self
 
@@ -186,6 +188,10 @@ class FaultProxy:
         self._reply(handler, response.status_code, response.content, extra)
         if isinstance(fault, CloseAfter):
             handler.close_connection = True
+            handler.wfile.flush()
+            handler.connection.shutdown(socket.SHUT_RDWR)
+            with self._lock:
+                self.closed_after += 1
 
     @staticmethod
     def _reply(

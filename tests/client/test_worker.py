@@ -224,7 +224,7 @@ class TestConnections:
         client = make_client(server.client_key, proxy.url)
         first = views(client, 3, prefix="a")
         assert client.flush(30)
-        eventually(lambda: len(proxy.seen) == 1)
+        eventually(lambda: proxy.closed_after == 1, what="the proxy to close the connection")
         second = views(client, 3, prefix="b")
         assert client.flush(30)
         assert client.stats()["retried"] == 0

@@ -68,6 +68,12 @@ _COLUMNS: Final = (
 )
 #: How often expired idempotency keys are deleted (seconds).
 _EXPIRE_EVERY: Final = 60.0
+#: How long after a commit failed for space or I/O the store reports itself unwritable
+#: (seconds): a probe that writes nothing passes while commits that need space fail. (A lock
+#: held elsewhere is different: the probe sees it.)
+_FAILURE_MEMORY: Final = 10.0
+_SQLITE_BUSY: Final = 5
+_SQLITE_LOCKED: Final = 6
 #: How often the checkpointer copies the WAL into the database (seconds), and the WAL size
 #: (pages) past which it makes writers wait for a full checkpoint that resets the WAL.
 _CHECKPOINT_EVERY: Final = 0.25
@@ -125,6 +131,7 @@ class SQLiteEventStore(EventStore):
         self._pending_events = 0  # only touched on the event loop's thread
         self._writer: threading.Thread | None = None
         self._last_expiry = 0.0
+        self._last_failure: tuple[float, str] | None = None  # set by the writer thread
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpointer = threading.Event()
 
@@ -222,6 +229,7 @@ class SQLiteEventStore(EventStore):
             error: BaseException | None = None
             try:
                 self._commit_sync(group)
+                self._last_failure = None
             except Exception as exc:  # a bug must fail these requests, not kill the writer
                 error = exc
                 if not isinstance(exc, StoreUnavailableError):
@@ -270,6 +278,9 @@ class SQLiteEventStore(EventStore):
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in (_SQLITE_BUSY, _SQLITE_LOCKED):
+                # A full disk or an I/O error: a probe that writes nothing would not see it.
+                self._last_failure = (time.monotonic(), str(exc))
             raise StoreUnavailableError(f"the event store cannot take writes: {exc}") from exc
         if self._observer is not None:
             self._observer(CommitStats(len(group), count, time.perf_counter() - started))
@@ -328,6 +339,9 @@ class SQLiteEventStore(EventStore):
     async def check_writable(self) -> None:
         if self._writer is None:
             raise StoreUnavailableError("the event store is not open")
+        failure = self._last_failure
+        if failure is not None and time.monotonic() - failure[0] < _FAILURE_MEMORY:
+            raise StoreUnavailableError(f"the last commit failed: {failure[1]}")
         await asyncio.to_thread(self._check_writable_sync)
 
     def _check_writable_sync(self) -> None:

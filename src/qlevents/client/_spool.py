@@ -62,6 +62,8 @@ class Spool:
         self._conn = self._connect()
         self._lock_fd: int | None = None
         # What is in the spool already counts as queued: flush() waits for it too.
+        self._sender_idle = True
+        self._unannounced = 0
         self._last_put = int(
             self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM groups").fetchone()[0]
         )
@@ -102,8 +104,16 @@ class Spool:
                 (b",".join(group), len(group), time.time()),
             )
             self._last_put = cursor.lastrowid or self._last_put
-        with self._cond:
-            self._cond.notify_all()
+            self._unannounced += len(group)
+            # Wake the sender when it sleeps on an empty spool or a batch is full; otherwise
+            # it wakes by itself when the oldest event is due (every put would wake it).
+            wake = self._sender_idle or self._unannounced >= self.max_events
+            if wake:
+                self._sender_idle = False
+                self._unannounced = 0
+        if wake:
+            with self._cond:
+                self._cond.notify_all()
 
     def pending(self) -> int:
         with self._db_lock:
@@ -184,6 +194,7 @@ class Spool:
                 " WHERE batch IS NULL"
             ).fetchone()
             if not count:
+                self._sender_idle = True
                 return None, 1.0
             due = oldest + self.interval - time.time()
             if due > 0 and not (self._urgent or self._stopping or size >= self.max_events):

@@ -20,12 +20,13 @@ import threading
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from qlevents import __version__
+
+if TYPE_CHECKING:  # httpx is imported when first used: it takes ~40 ms (rich, click...)
+    import httpx
 from qlevents._exceptions import TransportError
 
 USER_AGENT = f"qlevents-python/{__version__}"
@@ -61,6 +62,8 @@ class AsyncTransport:
 
 
 def _timeout(connect: float, total: float) -> httpx.Timeout:
+    import httpx
+
     return httpx.Timeout(total, connect=connect)
 
 
@@ -194,6 +197,8 @@ class HTTPXTransport(Transport):
         self._pid = os.getpid()
 
     def _http(self) -> httpx.Client:
+        import httpx
+
         if self._client is None or self._pid != os.getpid():
             # After a fork the parent's sockets are not ours to use (nor to close).
             self._client = httpx.Client(
@@ -203,6 +208,8 @@ class HTTPXTransport(Transport):
         return self._client
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Answer:
+        import httpx
+
         try:
             return _answer(self._http().post(url, content=body, headers=headers))
         except httpx.HTTPError as exc:
@@ -218,6 +225,8 @@ class AsyncHTTPXTransport(AsyncTransport):
     """Pooled keep-alive connections through ``httpx.AsyncClient``."""
 
     def __init__(self, connect_timeout: float = 1.0, timeout: float = 2.5) -> None:
+        import httpx
+
         self._client = httpx.AsyncClient(
             timeout=_timeout(connect_timeout, timeout),
             headers={"user-agent": USER_AGENT},
@@ -225,6 +234,8 @@ class AsyncHTTPXTransport(AsyncTransport):
         )
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Answer:
+        import httpx
+
         try:
             return _answer(await self._client.post(url, content=body, headers=headers))
         except httpx.HTTPError as exc:

@@ -99,3 +99,21 @@ class TestSendCommand:
         code = main(["send", str(path), "--endpoint", "http://127.0.0.1:9/events"])
         assert code == 1
         assert says in capsys.readouterr().err
+
+
+class TestProgress:
+    def test_bar_on_a_terminal_silence_otherwise(self) -> None:
+        """The progress bar is drawn only when stderr is a terminal."""
+        from qlevents.client.send_command import _Progress
+
+        class Terminal(io.StringIO):
+            def isatty(self) -> bool:
+                return True
+
+        terminal, pipe = Terminal(), io.StringIO()
+        for stream in (terminal, pipe):
+            progress = _Progress(10, stream)
+            progress.show(5)
+            progress.end()
+        assert terminal.getvalue().startswith("\r[###############...............] 5/10 events")
+        assert pipe.getvalue() == ""

@@ -143,16 +143,10 @@ class TestDiskFull:
         assert server.process is not None and server.process.pid == pid
         assert integrity(server) == "ok"
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: /readyz answers 200 while the disk is full: its check (BEGIN IMMEDIATE;"
-        " ROLLBACK) takes the lock but writes nothing, so it passes while every commit that"
-        " needs space fails with 503",
-    )
     def test_readyz_is_503_while_the_disk_is_full(
         self, disk_server: RunningServer, small_disk: Path
     ) -> None:
-        """Readiness reports the store cannot take writes while writes fail for space."""
+        """Readiness says 503 while writes fail for space, and 200 again once they succeed."""
         key = disk_server.client_key
         filler = fill(small_disk)
         try:
@@ -160,6 +154,8 @@ class TestDiskFull:
             assert httpx.get(f"{disk_server.url}/readyz", timeout=30).status_code == 503
         finally:
             filler.unlink()
+        assert disk_server.post(batch(key, "freed", BIG_BATCH), timeout=30).status_code == 200
+        assert httpx.get(f"{disk_server.url}/readyz", timeout=30).status_code == 200
 
 
 # --- a locked database -----------------------------------------------------------------------

@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from importlib import resources
 
 import pytest
-import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
@@ -104,7 +103,6 @@ class TestServedDocument:
             strategy = operation.as_strategy(path_parameters={"key": key})
         else:
             strategy = operation.as_strategy(generation_mode=GenerationMode(mode))
-        session = requests.Session()
 
         @settings(
             max_examples=50,
@@ -120,13 +118,9 @@ class TestServedDocument:
         def check(case: schemathesis.Case) -> None:
             case.call_and_validate(
                 base_url=api_server.url,
-                session=session,
                 headers=AUTHORIZATION,
                 checks=CHECKS,
                 timeout=30,
             )
 
-        try:
-            check()
-        finally:
-            session.close()
+        check()

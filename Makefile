@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: serve test lint typecheck pytest bench bench-client install dev clean openapi
+.PHONY: serve test lint typecheck pytest bench bench-client install dev clean openapi reliability soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,8 @@ serve: $(VENV)/.installed-server
 	$(BIN)/qlevents serve --host $(HOST) --port $(PORT)
 
 lint: dev
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench reliability
+	$(BIN)/ruff format --check src tests bench reliability
 
 typecheck: dev
 	$(BIN)/mypy
@@ -51,6 +51,15 @@ bench-client: $(VENV)/.installed-bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache qlevents-data
+
+# Long-running proofs (not part of `make test`): see reliability/README.md.
+reliability: dev
+	$(BIN)/python -m reliability.crash_cycles
+	$(BIN)/python -m reliability.soak --quick
+	$(BIN)/python -m reliability.schemathesis_run
+
+soak: dev
+	$(BIN)/python -m reliability.soak
 
 # Regenerate the OpenAPI document from the wire types (a test checks it is current).
 openapi: dev

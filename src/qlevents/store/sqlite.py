@@ -134,6 +134,7 @@ class SQLiteEventStore(EventStore):
         self._last_failure: tuple[float, str] | None = None  # set by the writer thread
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpointer = threading.Event()
+        self._reset_wal = threading.Event()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -167,17 +168,16 @@ class SQLiteEventStore(EventStore):
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         try:
             while not self._stop_checkpointer.wait(_CHECKPOINT_EVERY):
+                if self._reset_wal.is_set():
+                    continue  # the writer resets the WAL after its next commit
                 try:
                     _, wal_pages, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     if wal_pages > self._wal_reset_pages:
-                        # Under constant writes a passive checkpoint never catches up, and the
-                        # WAL would grow without end: hold writers back once and reset it. The
-                        # passive checkpoints have copied most of it already, so this is short.
-                        started = time.perf_counter()
-                        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                        held = time.perf_counter() - started
-                        if held > 0.5:
-                            log.warning("resetting the WAL held writers for %.2f s", held)
+                        # Under constant writes a passive checkpoint never catches up and the
+                        # WAL would grow without end. Resetting it needs a moment with no
+                        # writer; from this connection it would fight the writer for the lock
+                        # (seconds, measured), so the writer does it between two commits.
+                        self._reset_wal.set()
                 except sqlite3.Error:
                     log.warning("checkpoint of %s failed; will retry", self.path, exc_info=True)
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -218,7 +218,12 @@ class SQLiteEventStore(EventStore):
         assert self._loop is not None
         stopping = False
         while not stopping:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=_CHECKPOINT_EVERY)
+            except queue.Empty:  # idle: a good moment for a WAL reset the checkpointer asked for
+                if self._reset_wal.is_set():
+                    self._reset_wal_sync()
+                continue
             if first is _STOP:
                 break
             group = [first]
@@ -241,6 +246,23 @@ class SQLiteEventStore(EventStore):
                     log.exception("commit failed")
             # One hop back to the event loop per group, not per request.
             self._loop.call_soon_threadsafe(self._resolve, group, error)
+            if error is None and self._reset_wal.is_set():
+                # Between two commits: copy what the passive checkpoints have not, then start
+                # the WAL over. Requests queued meanwhile go into the next commit.
+                self._reset_wal_sync()
+
+    def _reset_wal_sync(self) -> None:
+        assert self._conn is not None
+        started = time.perf_counter()
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            log.warning("resetting the WAL of %s failed; will retry", self.path, exc_info=True)
+        finally:
+            self._reset_wal.clear()
+        held = time.perf_counter() - started
+        if held > 0.5:
+            log.warning("resetting the WAL held the writer for %.2f s", held)
 
     def _resolve(self, group: list[_Append], error: BaseException | None) -> None:
         for append in group:

@@ -197,3 +197,31 @@ class TestLogHygiene:
         printed_at_start = log.count(key)  # the first-run banner prints the demo key once
         assert printed_at_start == 2  # "client key:" line and the curl example
         assert "qlk_unknownkey123456789" not in log
+
+
+class TestResponseWrites:
+    def test_head_request_gets_its_head(self, server: RunningServer) -> None:
+        """A HEAD answer (a head with no body write) is still sent."""
+        answer = httpx.head(f"{server.url}/healthz")
+        assert answer.status_code == 200 and answer.content == b""
+
+    def test_expect_100_continue_is_answered_before_the_body(self, server: RunningServer) -> None:
+        """'100 Continue' goes out at once, not held back with the response's head."""
+        body = json.dumps([view(server.client_key)]).encode()
+        with raw_connection(server) as sock:
+            sock.sendall(
+                b"POST /events HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+            )
+            assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue")
+            sock.sendall(body)
+            answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 OK")
+        assert b'"processed":[{' in answer
+
+    def test_connection_close_still_gets_the_whole_answer(self, server: RunningServer) -> None:
+        """With Connection: close the head and body are sent before the connection closes."""
+        with raw_connection(server) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = read_until_closed(sock)
+        assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b'{"status":"ok"}')

@@ -192,7 +192,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         book.close()
     run_server(settings, host=args.host, port=args.port, admin_host=args.admin_host,
-               log_level=args.log_level)  # fmt: skip
+               log_level=args.log_level, forwarded_allow_ips=args.forwarded_allow_ips)  # fmt: skip
     return 0
 
 
@@ -244,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--synchronous", choices=["FULL", "EXTRA"], default="FULL")
     serve.add_argument("--store", choices=["sqlite", "memory"], default="sqlite")
     serve.add_argument("--no-access-log", action="store_true")
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        help="behind a reverse proxy: its addresses (comma-separated, or '*'), whose"
+        " X-Forwarded-For the access log believes",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     serve.set_defaults(handler=cmd_serve)
 

@@ -80,6 +80,23 @@ class TestAccessLog:
         assert "\\n" in line
 
 
+class TestForwardedFor:
+    def test_x_forwarded_for_is_ignored_by_default(self, server: RunningServer) -> None:
+        """Without --forwarded-allow-ips the log shows the real peer, not what a client claims."""
+        server.post(b"[]", headers={"x-forwarded-for": "203.0.113.9"})
+        [line] = server.wait_for_log('"POST /events"')
+        assert "203.0.113.9" not in line and "127.0.0.1:" in line
+
+    def test_x_forwarded_for_from_a_trusted_proxy(
+        self, serve: Callable[..., RunningServer]
+    ) -> None:
+        """Behind a named proxy, the log shows the address the proxy forwarded for."""
+        server = serve("--forwarded-allow-ips", "127.0.0.1")
+        server.post(b"[]", headers={"x-forwarded-for": "203.0.113.9"})
+        [line] = server.wait_for_log('"POST /events"')
+        assert "203.0.113.9" in line
+
+
 class TestShutdown:
     def test_sigterm_finishes_in_flight_requests_and_exits_0(self, server: RunningServer) -> None:
         """SIGTERM during traffic: every 200 answered is stored, and the exit code is 0."""

@@ -26,7 +26,13 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def run_server(
-    settings: Settings, *, host: str, port: int, admin_host: str, log_level: str
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    admin_host: str,
+    log_level: str,
+    forwarded_allow_ips: str | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT; settings reach every worker through QLEVENTS_* variables."""
     os.environ.update(settings.to_env())
@@ -48,6 +54,10 @@ def run_server(
         access_log=False,
         log_config=log_config(log_level),
         server_header=False,
+        # X-Forwarded-For is believed only from the proxies named; by default from none, so
+        # the access log shows the real peer and costs no middleware per request.
+        proxy_headers=forwarded_allow_ips is not None,
+        forwarded_allow_ips=forwarded_allow_ips,
         timeout_graceful_shutdown=30,
     )
     sockets = [config.bind_socket()]

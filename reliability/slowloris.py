@@ -36,7 +36,7 @@ def run_wrk(
     server: RunningServer, body: Path, seconds: float, connections: int
 ) -> dict[str, float]:
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(LUA),
+        ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "-s", str(LUA),
          server.events_url, "--", str(body)],
         capture_output=True, text=True, check=True, timeout=seconds + 60,
     ).stdout  # fmt: skip
@@ -117,7 +117,7 @@ class SlowClients:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slow", type=int, default=500, help="slow connections (default 500)")
-    parser.add_argument("--seconds", type=float, default=15.0, help="each measurement (15 s)")
+    parser.add_argument("--seconds", type=int, default=15, help="each measurement (15 s)")
     parser.add_argument("--connections", type=int, default=16, help="normal clients (16)")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:

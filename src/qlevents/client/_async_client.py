@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from qlevents._exceptions import ClientClosedError, ClientError, TransportError
 from qlevents.client import _build
+from qlevents.client._batch import QueuedGroup, take_groups
 from qlevents.client._client import State, check_client_key
 from qlevents.client._config import DEFAULT_ENDPOINT, FailureCallback, Options
 from qlevents.client._delivery import Delivery, SendResult, Stats, new_idempotency_key
@@ -42,7 +43,7 @@ class _Signal:
             await asyncio.wait_for(self._event.wait(), timeout)
 
 
-class AsyncClient:
+class AsyncClient(_build.EventMethods):
     """Sends view and conversion events from an asyncio task without blocking the caller."""
 
     def __init__(
@@ -90,7 +91,7 @@ class AsyncClient:
         self._transport = transport or AsyncHTTPXTransport(connect_timeout, timeout)
         self._state = State.OPEN
         self._stats = Stats()
-        self._groups: deque[tuple[tuple[_build.Encoded, ...], int, int]] = deque()
+        self._groups: deque[QueuedGroup] = deque()
         self._size = self._bytes = self._seq = self._done_seq = self._lost = self._urgent = 0
         self._oldest = 0.0
         self._stopping = self._aborting = False
@@ -101,64 +102,6 @@ class AsyncClient:
         self._last_drop_warning = -1e9
 
     # --- events ------------------------------------------------------------------------------
-
-    def view(
-        self,
-        product_id: str,
-        price: float,
-        permalink: str,
-        *,
-        vid: str | None = None,
-        tags: list[str] | None = None,
-        channels: list[str] | None = None,
-    ) -> None:
-        """Queue a product page view; raises EventValidationError if it breaks a rule."""
-        self._enqueue(
-            (
-                _build.view(
-                    self.client_key,
-                    product_id,
-                    price,
-                    permalink,
-                    vid=vid,
-                    tags=tags,
-                    channels=channels,
-                ),
-            )
-        )
-
-    def conversion(
-        self,
-        product_id: str,
-        price: float | None = None,
-        *,
-        unit_price: float | None = None,
-        units: int | None = None,
-        vid: str | None = None,
-        tags: list[str] | None = None,
-        channels: list[str] | None = None,
-    ) -> None:
-        """Queue a sale: give ``price`` (the total) or ``unit_price`` (times ``units``)."""
-        self._enqueue(
-            (
-                _build.conversion(
-                    self.client_key,
-                    product_id,
-                    price,
-                    unit_price=unit_price,
-                    units=units,
-                    vid=vid,
-                    tags=tags,
-                    channels=channels,
-                ),
-            )
-        )
-
-    def enqueue(self, events: Iterable[Any]) -> None:
-        """Queue events that must travel together (a checkout's conversions): one request."""
-        group = _build.group(events, self.client_key)
-        if group:
-            self._enqueue(group)
 
     def _enqueue(self, group: tuple[_build.Encoded, ...]) -> None:
         if self._state is not State.OPEN:
@@ -238,24 +181,10 @@ class AsyncClient:
                 self._settle(last, len(events))
 
     def _take(self) -> tuple[list[_build.Encoded], list[int], int]:
-        options = self.options
-        events: list[_build.Encoded] = []
-        groups: list[int] = []
-        size = 2
-        last = 0
-        while self._groups:
-            group, group_size, seq = self._groups[0]
-            if events and (
-                len(events) + len(group) > options.max_batch_events
-                or size + group_size + len(group) > options.max_batch_bytes
-            ):
-                break
-            self._groups.popleft()
-            events.extend(group)
-            groups.append(len(group))
-            size += group_size + len(group)
-            self._bytes -= group_size
-            last = seq
+        events, groups, payload, last = take_groups(
+            self._groups, self.options.max_batch_events, self.options.max_batch_bytes
+        )
+        self._bytes -= payload
         self._size -= len(events)
         if self._groups:
             self._oldest = time.monotonic()

@@ -24,6 +24,36 @@ class Batch:
     spool_id: int | None = None
 
 
+#: A queued group: its encoded events, their encoded size, the sequence number of its last.
+QueuedGroup = tuple[tuple[Encoded, ...], int, int]
+
+
+def take_groups(
+    queued: deque[QueuedGroup], max_events: int, max_bytes: int
+) -> tuple[list[Encoded], list[int], int, int]:
+    """Pop whole groups off ``queued`` while they fit one request.
+
+    Returns the events, the size of each group taken, the bytes of their payloads, and the
+    sequence number of the last event taken. The first group is always taken.
+    """
+    events: list[Encoded] = []
+    groups: list[int] = []
+    size = 2  # the array's brackets
+    last = 0
+    while queued:
+        group, group_size, seq = queued[0]
+        if events and (
+            len(events) + len(group) > max_events or size + group_size + len(group) > max_bytes
+        ):
+            break
+        queued.popleft()
+        events.extend(group)
+        groups.append(len(group))
+        size += group_size + len(group)
+        last = seq
+    return events, groups, size - 2 - len(events), last
+
+
 class Source(Protocol):
     """Where the worker takes batches from: the memory queue or the spool."""
 
@@ -57,7 +87,7 @@ class EventQueue:
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)  # the worker waits on it
         self._settled = threading.Condition(self._lock)  # flush() waits on it
-        self._groups: deque[tuple[tuple[Encoded, ...], int, int]] = deque()
+        self._groups: deque[QueuedGroup] = deque()
         self._size = 0
         self._bytes = 0
         self._oldest = 0.0
@@ -109,24 +139,11 @@ class EventQueue:
                     return None
                 else:
                     self._ready.wait()
-            events: list[Encoded] = []
-            groups: list[int] = []
-            size = 2
-            last = 0
-            while self._groups:
-                group, group_size, seq = self._groups[0]
-                if events and (
-                    len(events) + len(group) > self.max_events
-                    or size + group_size + len(group) > self.max_bytes
-                ):
-                    break
-                self._groups.popleft()
-                events.extend(group)
-                groups.append(len(group))
-                size += group_size + len(group)
-                last = seq
+            events, groups, payload, last = take_groups(
+                self._groups, self.max_events, self.max_bytes
+            )
             self._size -= len(events)
-            self._bytes -= size - 2 - len(events)
+            self._bytes -= payload
             if self._groups:
                 self._oldest = time.monotonic()
             return Batch(events, groups, last_seq=last)

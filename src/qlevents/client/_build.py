@@ -184,3 +184,71 @@ def as_dict(event: Encoded) -> dict[str, Any]:
 def body(events: Sequence[Encoded]) -> bytes:
     """The JSON array of the request that carries ``events``."""
     return b"[" + b",".join(events) + b"]"
+
+
+class EventMethods:
+    """``view``, ``conversion`` and ``enqueue``: the same for Client and AsyncClient, which
+    differ only in how ``_enqueue`` hands a group of encoded events to their sender."""
+
+    client_key: str
+
+    def _enqueue(self, group: tuple[Encoded, ...]) -> None:
+        raise NotImplementedError
+
+    def view(
+        self,
+        product_id: str,
+        price: float,
+        permalink: str,
+        *,
+        vid: str | None = None,
+        tags: list[str] | None = None,
+        channels: list[str] | None = None,
+    ) -> None:
+        """Queue a product page view; raises EventValidationError if it breaks a rule."""
+        self._enqueue(
+            (
+                view(
+                    self.client_key,
+                    product_id,
+                    price,
+                    permalink,
+                    vid=vid,
+                    tags=tags,
+                    channels=channels,
+                ),
+            )
+        )
+
+    def conversion(
+        self,
+        product_id: str,
+        price: float | None = None,
+        *,
+        unit_price: float | None = None,
+        units: int | None = None,
+        vid: str | None = None,
+        tags: list[str] | None = None,
+        channels: list[str] | None = None,
+    ) -> None:
+        """Queue a sale: give ``price`` (the total) or ``unit_price`` (times ``units``)."""
+        self._enqueue(
+            (
+                conversion(
+                    self.client_key,
+                    product_id,
+                    price,
+                    unit_price=unit_price,
+                    units=units,
+                    vid=vid,
+                    tags=tags,
+                    channels=channels,
+                ),
+            )
+        )
+
+    def enqueue(self, events: Iterable[Any]) -> None:
+        """Queue events that must travel together (a checkout's conversions): one request."""
+        encoded = group(events, self.client_key)
+        if encoded:
+            self._enqueue(encoded)

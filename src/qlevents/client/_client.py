@@ -74,7 +74,7 @@ def _exit_hook(ref: weakref.ref[Client]) -> Callable[[], None]:
     return close_at_exit
 
 
-class Client:
+class Client(_build.EventMethods):
     """Sends view and conversion events to the events API without blocking the caller.
 
     ``Client(client_key, endpoint=...)`` then ``client.view(...)`` / ``client.conversion(...)``.
@@ -171,64 +171,6 @@ class Client:
         self._setup()
 
     # --- events ------------------------------------------------------------------------------
-
-    def view(
-        self,
-        product_id: str,
-        price: float,
-        permalink: str,
-        *,
-        vid: str | None = None,
-        tags: list[str] | None = None,
-        channels: list[str] | None = None,
-    ) -> None:
-        """Queue a product page view; raises EventValidationError if it breaks a rule."""
-        self._enqueue(
-            (
-                _build.view(
-                    self.client_key,
-                    product_id,
-                    price,
-                    permalink,
-                    vid=vid,
-                    tags=tags,
-                    channels=channels,
-                ),
-            )
-        )
-
-    def conversion(
-        self,
-        product_id: str,
-        price: float | None = None,
-        *,
-        unit_price: float | None = None,
-        units: int | None = None,
-        vid: str | None = None,
-        tags: list[str] | None = None,
-        channels: list[str] | None = None,
-    ) -> None:
-        """Queue a sale: give ``price`` (the total) or ``unit_price`` (times ``units``)."""
-        self._enqueue(
-            (
-                _build.conversion(
-                    self.client_key,
-                    product_id,
-                    price,
-                    unit_price=unit_price,
-                    units=units,
-                    vid=vid,
-                    tags=tags,
-                    channels=channels,
-                ),
-            )
-        )
-
-    def enqueue(self, events: Iterable[Any]) -> None:
-        """Queue events that must travel together (a checkout's conversions): one request."""
-        group = _build.group(events, self.client_key)
-        if group:
-            self._enqueue(group)
 
     def _enqueue(self, group: tuple[_build.Encoded, ...]) -> None:
         if self._state is not State.OPEN:

@@ -57,6 +57,7 @@ reliability: dev
 	$(BIN)/python -m reliability.crash_cycles
 	$(BIN)/python -m reliability.soak --quick
 	$(BIN)/python -m reliability.schemathesis_run
+	$(BIN)/python -m reliability.slowloris
 
 soak: dev
 	$(BIN)/python -m reliability.soak

@@ -69,10 +69,14 @@ class RunningServer:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         """Send ``sig`` and wait for the process; returns its exit code."""
         assert self.process is not None
+        children = child_pids(self.process.pid)
         if self.process.poll() is None:
             self.process.send_signal(sig)
         code = self.process.wait(timeout)
         self.process = None
+        # The store's writer process ends when the server's end of its pipe closes: wait for
+        # it too, so that the next test finds the files closed (an unmount would be refused).
+        wait_gone(children, timeout)
         return code
 
     def kill(self) -> None:
@@ -176,3 +180,37 @@ def conversion(client_key: str, **fields: Any) -> dict[str, Any]:
     }
     event.update(fields)
     return event
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started, and theirs (Linux; empty elsewhere)."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    found: list[int] = []
+    for thread in threads:
+        try:
+            direct = [
+                int(child)
+                for child in Path(f"/proc/{pid}/task/{thread}/children").read_text().split()
+            ]
+        except OSError:
+            continue
+        for child in direct:
+            found += [child, *child_pids(child)]
+    return found
+
+
+def wait_gone(pids: list[int], timeout: float) -> None:
+    """Wait until none of ``pids`` runs any more (exited, or a zombie nobody reaped yet)."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                break
+            if state in ("Z", "X"):
+                break
+            time.sleep(0.01)

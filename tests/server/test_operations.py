@@ -9,6 +9,7 @@ import signal
 import threading
 from collections.abc import Callable
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +17,7 @@ import jsonschema
 import pytest
 
 from qlevents.server import openapi
-from tests.support import RunningServer, conversion, view
+from tests.support import RunningServer, child_pids, conversion, view
 
 
 class TestProbes:
@@ -126,6 +127,29 @@ class TestShutdown:
         assert code == 0
         stored = {e["id"] for e in server.stored()}
         assert {e["id"] for e in answered} <= stored
+
+    def test_no_writer_process_outlives_the_server(self, server: RunningServer) -> None:
+        """The store's writer process ends with its server, even after kill -9."""
+        assert server.post([view(server.client_key)]).status_code == 200
+        assert server.process is not None
+        writers = child_pids(server.process.pid)
+        assert len(writers) == 1, writers
+        assert "qlevents.store.sqlite_writer" in read_cmdline(writers[0])
+        server.stop(signal.SIGKILL)  # waits up to 20 s for the writer to be gone
+        assert not running(writers[0])
+        assert len(server.restart().stored()) == 1
+
+
+def read_cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
 
 
 class TestFirstRun:

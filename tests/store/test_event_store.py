@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
+import signal
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -145,11 +148,10 @@ class TestSQLiteGroupCommit:
     async def test_locked_database_is_unavailable_and_stores_nothing(self, tmp_path: Path) -> None:
         """While another process holds the write lock, append raises StoreUnavailableError."""
         path = tmp_path / "e.db"
-        store = SQLiteEventStore(path)
+        store = SQLiteEventStore(path, busy_timeout_ms=50)
         await store.open()
         blocker = sqlite3.connect(path, isolation_level=None, timeout=0)
         try:
-            store._conn.execute("PRAGMA busy_timeout = 50")  # type: ignore[union-attr]
             blocker.execute("BEGIN IMMEDIATE")
             with pytest.raises(StoreUnavailableError):
                 await store.append(stored(2))
@@ -178,24 +180,118 @@ class TestSQLiteGroupCommit:
             await store.close()
 
     async def test_checkpointer_keeps_the_wal_bounded(self, tmp_path: Path) -> None:
-        """The background checkpointer resets the WAL once it passes its size limit."""
+        """Past its size limit the WAL is restarted and cut back, under constant appends."""
         path = tmp_path / "e.db"
         wal = tmp_path / "e.db-wal"
         store = SQLiteEventStore(path, wal_reset_pages=50)
         await store.open()
+        sizes: list[int] = []
         try:
-            for i in range(40):
+            for i in range(120):
                 await store.append(stored(50, prefix=f"w{i}-"))
-            grown = wal.stat().st_size
-            deadline = asyncio.get_running_loop().time() + 20
-            while wal.stat().st_size >= grown and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.05)
-            assert wal.stat().st_size < grown
-            assert len(await store.read(limit=10_000)) == 2000
+                sizes.append(wal.stat().st_size)
+                await asyncio.sleep(0.02)  # the checkpointer looks every 0.25 s
+            assert len(await store.read(limit=10_000)) == 6000
         finally:
             await store.close()
+        cut_back = [(a, b) for a, b in itertools.pairwise(sizes) if b < a]
+        assert cut_back, f"the WAL only grew: {sizes}"
+        # 6000 events are ~1.6 MB of WAL frames; the WAL never held more than a fraction.
+        assert max(sizes) < 1_000_000, sizes
 
     def test_rejects_unknown_synchronous_mode(self, tmp_path: Path) -> None:
         """Only durable synchronous modes are accepted."""
         with pytest.raises(ValueError, match="synchronous"):
             SQLiteEventStore(tmp_path / "e.db", synchronous="OFF")
+
+
+class TestSQLiteWriterProcess:
+    """The commits happen in a writer process: what its life means for appends."""
+
+    @staticmethod
+    def writer_pid(store: SQLiteEventStore) -> int:
+        assert store._process is not None
+        return store._process.pid
+
+    @staticmethod
+    async def until_restarted(store: SQLiteEventStore, old_pid: int) -> None:
+        deadline = asyncio.get_running_loop().time() + 20
+        while store._process is None or store._process.pid == old_pid:
+            assert asyncio.get_running_loop().time() < deadline, "no new writer was started"
+            await asyncio.sleep(0.02)
+
+    async def test_a_dead_writer_fails_its_appends_and_is_replaced(self, tmp_path: Path) -> None:
+        """Appends the writer had not answered fail (nothing half-stored); a new writer takes
+        the next ones, and everything acknowledged before is still there."""
+        store = SQLiteEventStore(tmp_path / "e.db")
+        await store.open()
+        try:
+            await store.append(stored(3, prefix="before"))
+            pid = self.writer_pid(store)
+            os.kill(pid, signal.SIGSTOP)  # hold it mid-way, so these appends are in flight
+            pending = [
+                asyncio.create_task(store.append(stored(2, prefix=f"p{i}-"))) for i in range(5)
+            ]
+            await asyncio.sleep(0.1)
+            os.kill(pid, signal.SIGKILL)
+            results = await asyncio.gather(*pending, return_exceptions=True)
+            assert all(isinstance(r, StoreUnavailableError) for r in results), results
+            assert "exited" in str(results[0])
+            await self.until_restarted(store, pid)
+            assert await store.append(stored(1, prefix="after")) is None
+            ids = [e.id for _, e in await store.read()]
+            assert ids == ["before0", "before1", "before2", "after0"]
+        finally:
+            await store.close()
+
+    async def test_the_writer_ignores_sigterm_and_sigint(self, tmp_path: Path) -> None:
+        """A signal to the whole process group stops the server, which then closes the store;
+        the writer itself keeps committing until then."""
+        store = SQLiteEventStore(tmp_path / "e.db")
+        await store.open()
+        try:
+            pid = self.writer_pid(store)
+            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGINT)
+            await asyncio.sleep(0.2)
+            assert await store.append(stored(2)) is None
+            assert self.writer_pid(store) == pid
+        finally:
+            await store.close()
+
+    async def test_close_ends_the_writer(self, tmp_path: Path) -> None:
+        """close() leaves no writer process behind, and appends after it are refused."""
+        store = SQLiteEventStore(tmp_path / "e.db")
+        await store.open()
+        process = store._process
+        assert process is not None
+        await store.close()
+        assert process.returncode == 0
+        with pytest.raises(StoreUnavailableError):
+            await store.append(stored(1))
+
+    async def test_a_store_that_cannot_be_opened_says_why(self, tmp_path: Path) -> None:
+        """open() fails with the reason when the database cannot be created."""
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_text("")
+        store = SQLiteEventStore(blocker / "e.db")
+        with pytest.raises(StoreUnavailableError, match="cannot be opened"):
+            await store.open()
+
+    async def test_many_large_appends_in_one_iteration(self, tmp_path: Path) -> None:
+        """Far more than a pipe's default buffer in flight at once, mixed with keyed appends:
+        all stored, in order, each key's replay answered."""
+        store = SQLiteEventStore(tmp_path / "e.db")
+        await store.open()
+        try:
+            first = await asyncio.gather(
+                *(
+                    store.append(stored(300, prefix=f"big{i}-"), record(key=f"k{i % 7}"))
+                    for i in range(40)
+                )
+            )
+            assert sum(r is None for r in first) == 7  # one per key; the others replayed
+            assert all(r == Replay(b"f1", b"{}") for r in first if r is not None)
+            assert len(await store.read(limit=100_000)) == 7 * 300
+        finally:
+            await store.close()

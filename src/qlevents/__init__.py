@@ -1,5 +1,7 @@
 """qlevents: the server-to-server events API for e-commerce pricing, server and SDK."""
 
+from typing import TYPE_CHECKING
+
 from qlevents._exceptions import (
     ClientClosedError,
     ClientError,
@@ -12,17 +14,47 @@ from qlevents._exceptions import (
 
 __version__ = "0.1.0"
 
-# The SDK (after __version__: the transports name it in their User-Agent).
-from qlevents.client import (
-    DEFAULT_ENDPOINT,
-    NOT_DELIVERED,
-    Answer,
-    AsyncClient,
-    AsyncTransport,
-    Client,
-    SendResult,
-    Transport,
+# The SDK, imported when first used: the server's processes (the store's writer above all)
+# should not pay for httpx and the client at start-up. Type checkers see the real imports.
+if TYPE_CHECKING:
+    from qlevents.client import (
+        DEFAULT_ENDPOINT,
+        NOT_DELIVERED,
+        Answer,
+        AsyncClient,
+        AsyncTransport,
+        Client,
+        SendResult,
+        Transport,
+    )
+
+_SDK_NAMES = frozenset(
+    {
+        "DEFAULT_ENDPOINT",
+        "NOT_DELIVERED",
+        "Answer",
+        "AsyncClient",
+        "AsyncTransport",
+        "Client",
+        "SendResult",
+        "Transport",
+    }
 )
+
+
+def __getattr__(name: str) -> object:
+    if name in _SDK_NAMES:
+        from qlevents import client
+
+        value = getattr(client, name)
+        globals()[name] = value  # found directly from now on
+        return value
+    raise AttributeError(f"module 'qlevents' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SDK_NAMES})
+
 
 __all__ = [
     "DEFAULT_ENDPOINT",

@@ -190,7 +190,7 @@ class TestSQLiteGroupCommit:
             for i in range(120):
                 await store.append(stored(50, prefix=f"w{i}-"))
                 sizes.append(wal.stat().st_size)
-                await asyncio.sleep(0.02)  # the checkpointer looks every 0.25 s
+                await asyncio.sleep(0.02)  # the checkpointer looks every 0.05 s
             assert len(await store.read(limit=10_000)) == 6000
         finally:
             await store.close()

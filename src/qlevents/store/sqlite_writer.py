@@ -60,9 +60,13 @@ _EXPIRE_EVERY: Final = 60.0
 _SQLITE_BUSY: Final = 5
 _SQLITE_LOCKED: Final = 6
 #: How often the checkpointer copies the WAL into the database (seconds), and the WAL size
-#: (pages) past which the writer restarts the WAL between two commits.
-CHECKPOINT_EVERY: Final = 0.25
+#: (pages) past which the writer restarts the WAL between two commits. A restart must first
+#: copy what the last passive checkpoint left, holding every commit meanwhile: at 250 ms that
+#: was up to ~15 MB under load, and 100-event p99 went 38 -> 29 ms at 50 ms (side by side).
+CHECKPOINT_EVERY: Final = 0.05
 WAL_RESET_PAGES: Final = 4096
+#: How long the writer waits for appends before it looks for idle work (a WAL restart).
+_IDLE_WAIT: Final = 0.25
 _READ_SIZE: Final = 1 << 20
 
 
@@ -325,7 +329,7 @@ def serve(writer: Writer, fd_in: int, fd_out: int) -> None:
         if not frames:
             if at_end:
                 return
-            readable, _, _ = select.select([fd_in], [], [], CHECKPOINT_EVERY)
+            readable, _, _ = select.select([fd_in], [], [], _IDLE_WAIT)
             if readable:
                 at_end = _read_available(fd_in, buffer)
             else:  # idle: a good moment to restart the WAL if the checkpointer asked

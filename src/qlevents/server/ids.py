@@ -11,6 +11,33 @@ from typing import Final
 _INDEX_HEX: Final = [f"{i:04x}" for i in range(1 << 16)]
 
 
+#: Random bytes drawn from the OS 4 KiB at a time: one getrandom() per 512 requests. Under
+#: load a getrandom() per request measured ~13% of the event loop's time (py-spy), where
+#: the same call alone takes 0.35 µs.
+_POOL_BYTES: Final = 4096
+_pool = b""
+_pool_at = 0
+
+
+def _random_bits() -> int:
+    """64 random bits from the OS's generator (via the pool)."""
+    global _pool, _pool_at  # noqa: PLW0603 - the pool is this module's state
+    if _pool_at + 8 > len(_pool):
+        _pool, _pool_at = os.urandom(_POOL_BYTES), 0
+    at = _pool_at
+    _pool_at = at + 8
+    return int.from_bytes(_pool[at : at + 8])
+
+
+def _forget_pool() -> None:
+    """A forked child must not hand out the bytes its parent hands out too."""
+    global _pool, _pool_at
+    _pool, _pool_at = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def new_event_ids(count: int) -> list[str]:
     """``count`` UUIDv7 strings: time-ordered, unique across workers and machines.
 
@@ -21,7 +48,7 @@ def new_event_ids(count: int) -> list[str]:
     if count > len(_INDEX_HEX):
         raise ValueError(f"at most {len(_INDEX_HEX)} ids per call")
     millis = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(8))
+    rand = _random_bits()
     rand_a = rand & 0x0FFF  # 12 bits
     rand_b = (rand >> 12) & ((1 << 46) - 1)  # 46 bits
     high = f"{millis:012x}7{rand_a:03x}"

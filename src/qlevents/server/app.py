@@ -115,6 +115,14 @@ class EventsApp:
                 # What start-up allocated lives as long as the process: keep it out of the
                 # collector's way (full collections otherwise walk it again and again).
                 gc.freeze()
+                # Frozen objects do not count as long-lived, so with the default thresholds
+                # the in-flight requests of ~2,000 connections, promoted as they survived
+                # young collections, set off a full collection every ~250 ms: 20-65 ms each,
+                # collecting nothing (gc.callbacks, during a soak's overload phase). A larger
+                # first generation lets requests finish before they are ever scanned: GC time
+                # 6.8 -> 2.2 s over the same 90 s, 27% more requests answered, steady p99
+                # 12.7 -> 5.7 ms (10,000 gave 3.8 s).
+                gc.set_threshold(50_000, 20, 100)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.directory.stop()

@@ -227,12 +227,7 @@ class Ingest:
         ids = new_event_ids(len(events))
         accepted: list[StoredEvent] = []
         for index, event in enumerate(events):
-            account = accounts.get(event.client_key)
-            if (
-                account is None
-                or account.status == DISABLED
-                or (account.endpoint is not None and account.endpoint != local)
-            ):
+            if self._check_account(index, event.client_key, accounts, local) is not None:
                 return None
             accepted.append(_stored(event, ids[index], received_at))
         return EventsResponse(processed=accepted, failed=[], errors=[])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import fcntl
+import itertools
 import logging
 import os
 import sqlite3
@@ -55,9 +56,6 @@ _FLUSH_EVENTS: Final = 256
 _RESTART_DELAYS: Final = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 log: Final = logging.getLogger("qlevents.store")
-
-# Re-exported for code that worked with the schema through this module.
-__all__ = ["COLUMNS", "SQLiteEventStore", "connect"]
 
 
 class _Waiting:
@@ -269,7 +267,7 @@ class SQLiteEventStore(EventStore):
                 entry.future.set_exception(StoreUnavailableError(reason))
 
     async def _restart(self) -> None:
-        for attempt in range(1_000_000):
+        for attempt in itertools.count():
             await asyncio.sleep(_RESTART_DELAYS[min(attempt, len(_RESTART_DELAYS) - 1)])
             if self._closing or self._process is not None:
                 return

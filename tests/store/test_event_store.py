@@ -195,7 +195,7 @@ class TestSQLiteGroupCommit:
         store = SQLiteEventStore(path, wal_reset_pages=50)
         await store.open()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 1.5  # long enough for many checkpoints (every 0.05 s)
+        deadline = loop.time() + 1.5  # long enough for many checkpoints
         sizes: list[int] = []
         try:
             while loop.time() < deadline or len(sizes) < 60:
@@ -212,6 +212,38 @@ class TestSQLiteGroupCommit:
         assert max(sizes) < written / 2, f"{written} bytes written: {sizes}"
         if pause == 0:
             assert any(b < a for a, b in itertools.pairwise(sizes)), sizes
+
+    async def test_the_last_commit_reaches_the_database_file_when_idle(
+        self, tmp_path: Path
+    ) -> None:
+        """The checkpointer runs after commits, not on a timer: the last commit before a
+        pause must still be copied out of the WAL into the database file."""
+        path = tmp_path / "e.db"
+        store = SQLiteEventStore(path)
+        await store.open()
+        try:
+            await store.append(stored(3))
+            await asyncio.sleep(0.3)  # a passive checkpoint follows the commit after ~5 ms
+            await store.append(stored(4, prefix="last"))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5
+            in_file = 0
+            while loop.time() < deadline:
+                snapshot = tmp_path / f"snapshot-{loop.time()}.db"  # the file without its WAL
+                snapshot.write_bytes(path.read_bytes())
+                conn = sqlite3.connect(snapshot)
+                try:
+                    in_file = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+                except sqlite3.OperationalError:  # not even the table is in the file yet
+                    in_file = 0
+                finally:
+                    conn.close()
+                if in_file == 7:
+                    break
+                await asyncio.sleep(0.05)
+            assert in_file == 7
+        finally:
+            await store.close()
 
     def test_rejects_unknown_synchronous_mode(self, tmp_path: Path) -> None:
         """Only durable synchronous modes are accepted."""

@@ -59,11 +59,14 @@ log: Final = logging.getLogger("qlevents.store")
 _EXPIRE_EVERY: Final = 60.0
 _SQLITE_BUSY: Final = 5
 _SQLITE_LOCKED: Final = 6
-#: How often the checkpointer copies the WAL into the database (seconds), and the WAL size
-#: (pages) past which the writer restarts the WAL between two commits. A restart must first
-#: copy what the last passive checkpoint left, holding every commit meanwhile: at 250 ms that
-#: was up to ~15 MB under load, and 100-event p99 went 38 -> 29 ms at 50 ms (side by side).
-CHECKPOINT_EVERY: Final = 0.05
+#: How often, at most, the checkpointer copies the WAL into the database (seconds), and the
+#: WAL size (pages) past which the writer restarts the WAL between two commits. Small copies
+#: often disturb the commits less than large ones seldom: one passive checkpoint of 50 ms of
+#: 100-event traffic copied ~10 MB in ~8 ms (p99 20 ms), and the commits running beside it
+#: took ~3x longer. Measured side by side, 100-event p99: 250 ms 38 ms, 50 ms 25-29 ms,
+#: 10 ms 20 ms, 5 ms 15-18 ms (2 ms: no better). The checkpointer only runs after commits,
+#: so an idle server does not wake up for it.
+CHECKPOINT_EVERY: Final = 0.005
 WAL_RESET_PAGES: Final = 4096
 #: How long the writer waits for appends before it looks for idle work (a WAL restart).
 _IDLE_WAIT: Final = 0.25
@@ -152,6 +155,8 @@ class Writer:
         self.conn: sqlite3.Connection | None = None
         self._last_expiry = 0.0
         self._reset_wal = threading.Event()
+        #: Set after each commit: there may be something to checkpoint.
+        self._committed = threading.Event()
         self._stop = threading.Event()
         self._checkpointer: threading.Thread | None = None
 
@@ -178,6 +183,7 @@ class Writer:
 
     def close(self) -> None:
         self._stop.set()
+        self._committed.set()
         if self._checkpointer is not None:
             self._checkpointer.join()
         if self.conn is not None:
@@ -188,7 +194,12 @@ class Writer:
         conn = connect(self.path, busy_timeout_ms=self.busy_timeout_ms)
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         try:
-            while not self._stop.wait(CHECKPOINT_EVERY):
+            while True:
+                self._committed.wait()
+                # At most one checkpoint per CHECKPOINT_EVERY, whatever the commit rate.
+                if self._stop.wait(CHECKPOINT_EVERY):
+                    break
+                self._committed.clear()
                 if self._reset_wal.is_set():
                     continue  # the writer restarts the WAL after its next commit
                 try:
@@ -227,6 +238,7 @@ class Writer:
         started = time.perf_counter()
         try:
             count, replays = self._commit(appends)
+            self._committed.set()
         except sqlite3.Error as exc:
             code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
             return Committed(

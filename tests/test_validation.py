@@ -69,6 +69,8 @@ BROKEN_ALONE = [
     (valid_view, "permalink", "/relative/path", "invalid_url"),
     (valid_view, "permalink", "ftp://shop.example/x", "invalid_url"),
     (valid_view, "permalink", "https://", "invalid_url"),
+    (valid_view, "permalink", "https://shop.example/p\n", "invalid_url"),
+    (valid_view, "permalink", "https://a.example/x\nhttps://b.example/y", "invalid_url"),
     (valid_view, "permalink", 7, "invalid_type"),
     (valid_view, "vid", 12, "invalid_type"),
     (valid_view, "tags", "user:new", "invalid_type"),
@@ -229,3 +231,39 @@ class TestRepeatedKeys:
         raw = b'{"event":"conversion","client_key":"k","product_id":"a","price":1,"product_id":"b"}'
         event = decode_event(raw)
         assert isinstance(event, ConversionEvent) and event.product_id == "b"
+
+
+class TestPermalinksOfABatch:
+    """A batch's permalinks are checked with one regex match over all of them."""
+
+    @pytest.mark.parametrize(
+        ("values", "expected"),
+        [
+            ([], True),
+            (["https://shop.example/p"], True),
+            (["https://shop.example/p", "HTTP://shop.example"], True),
+            (["https://shop.example/p", "/relative"], False),
+            (["https://shop.example/p", ""], False),
+            (["https://a.example/x\nhttps://b.example/y"], False),
+            (["https://a.example/x\nhttps://b.example/y", "https://c.example/"], False),
+            (["https://a.example/x\n"], False),
+            (["https://a.example/x", "\nhttps://b.example/y"], False),
+        ],
+    )
+    def test_examples(self, values: list[str], expected: bool) -> None:
+        assert ev.are_permalinks(values) is expected
+        assert all(ev.is_permalink(value) for value in values) is expected
+
+    @settings(max_examples=500)
+    @given(
+        st.lists(
+            st.one_of(
+                st.sampled_from(["https://shop.example/p", "http://a.b/?q=1#x", "https://h"]),
+                st.text(alphabet="hts:/pa.\n x?#@", max_size=25),
+            ),
+            max_size=6,
+        )
+    )
+    def test_agrees_with_one_by_one(self, values: list[str]) -> None:
+        """Whatever the values, line breaks inside them included."""
+        assert ev.are_permalinks(values) is all(ev.is_permalink(value) for value in values)

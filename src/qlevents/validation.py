@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -47,7 +46,6 @@ class Problem:
 
 
 _event_decoder: Final = msgspec.json.Decoder(Event)
-_URL_RE: Final = re.compile(ev.URL_PATTERN)
 
 
 class _OversizeNumber(float):
@@ -100,7 +98,9 @@ def decode_event(raw: bytes | msgspec.Raw) -> Event | list[Problem]:
     """Decode one JSON event; return the typed event or every problem found in it."""
     try:
         event: Event = _event_decoder.decode(raw)
-        return event
+        if type(event) is not ViewEvent or ev.is_permalink(event.permalink):
+            return event
+        first = "the permalink is not an absolute http(s) URL"
     except msgspec.ValidationError as exc:
         first = str(exc)
     except msgspec.DecodeError as exc:
@@ -119,7 +119,9 @@ def convert_event(obj: Mapping[str, Any]) -> Event | list[Problem]:
     """Check an event given as Python objects (the SDK's path); same rules as decode_event."""
     try:
         event: Event = msgspec.convert(obj, Event)
-        return event
+        if type(event) is not ViewEvent or ev.is_permalink(event.permalink):
+            return event
+        first = "the permalink is not an absolute http(s) URL"
     except msgspec.ValidationError as exc:
         first = str(exc)
     return find_problems(obj) or [Problem(None, INVALID_VALUE, f"the event is invalid: {first}.")]
@@ -182,7 +184,7 @@ def _string(min_length: int, max_length: int, what: str = "a string") -> _Check:
 
 def _url(name: str, value: object) -> Problem | None:
     problem = _string(0, ev.MAX_URL_LENGTH, "an absolute http(s) URL string")(name, value)
-    if problem is None and not _URL_RE.search(str(value)):
+    if problem is None and not ev.is_permalink(str(value)):
         return Problem(
             name, INVALID_URL, f"{name} must be an absolute http(s) URL; got {_shown(value)}."
         )

@@ -102,6 +102,14 @@ class TestLocalValidation:
             assert client.flush(5)
         assert transport.requests == []
 
+    @pytest.mark.parametrize("permalink", ["/relative", "https://s.example/p\n", "http://a b"])
+    def test_a_permalink_that_is_no_url_alone_is_refused(self, permalink: str) -> None:
+        """The URL form is checked apart from the struct types: alone, it is still caught."""
+        client = Client("k", "http://127.0.0.1:9/events", transport=RecordingTransport())
+        with client, pytest.raises(EventValidationError) as caught:
+            client.view(product_id="p", price=1, permalink=permalink)
+        assert [(p.field, p.code) for p in caught.value.problems] == [("permalink", "invalid_url")]
+
     def test_text_that_is_not_unicode_is_refused(self) -> None:
         """A lone surrogate in a str cannot be sent as JSON: a validation error, not a crash."""
         client = Client("k", "http://127.0.0.1:9/events", transport=RecordingTransport())

@@ -10,7 +10,6 @@ The server is started once for the module so that examples are cheap.
 from __future__ import annotations
 
 import json
-import re
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -42,7 +41,6 @@ EVENT_CODES = {
     "disabled_client_key",
     "wrong_endpoint",
 }
-URL_RE = re.compile(ev.URL_PATTERN)
 PROPERTY_SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -155,7 +153,7 @@ def urls() -> st.SearchStrategy[str]:
     )
     url = st.builds(lambda s, h, r: f"{s}://{h}{r}", scheme, host, rest)
     longest = st.just("https://shop.example/" + "p" * (ev.MAX_URL_LENGTH - 21))
-    return (url | longest).filter(lambda u: len(u) <= ev.MAX_URL_LENGTH and URL_RE.search(u))
+    return (url | longest).filter(lambda u: len(u) <= ev.MAX_URL_LENGTH and ev.is_permalink(u))
 
 
 def labels(max_items: int) -> st.SearchStrategy[list[str]]:
@@ -289,9 +287,20 @@ def common_breaks(field: str) -> st.SearchStrategy[tuple[Any, str]]:
 
 
 invalid_urls = (
-    st.sampled_from(["/relative", "ftp://shop/x", "https://", "https:// x", "http://a b", "x"])
+    st.sampled_from(
+        [
+            "/relative",
+            "ftp://shop/x",
+            "https://",
+            "https:// x",
+            "http://a b",
+            "x",
+            "https://shop.example/p\n",
+            "https://shop.example/a\nhttps://shop.example/b",
+        ]
+    )
     | st.text(max_size=30)
-).filter(lambda u: not URL_RE.search(u))
+).filter(lambda u: not ev.is_permalink(u))
 
 
 @st.composite

@@ -24,6 +24,7 @@ from qlevents.events import (
     EventsResponse,
     StoredEvent,
     ViewEvent,
+    are_permalinks,
 )
 from qlevents.server.directory import AccountDirectory
 from qlevents.server.ids import new_event_ids, utc_now_iso
@@ -226,10 +227,15 @@ class Ingest:
         local = self.accounts.local_endpoint
         ids = new_event_ids(len(events))
         accepted: list[StoredEvent] = []
+        permalinks: list[str] = []
         for index, event in enumerate(events):
             if self._check_account(index, event.client_key, accounts, local) is not None:
                 return None
+            if type(event) is ViewEvent:
+                permalinks.append(event.permalink)
             accepted.append(_stored(event, ids[index], received_at))
+        if not are_permalinks(permalinks):
+            return None
         return EventsResponse(processed=accepted, failed=[], errors=[])
 
     def _take_events(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -214,3 +215,11 @@ def wait_gone(pids: list[int], timeout: float) -> None:
             if state in ("Z", "X"):
                 break
             time.sleep(0.01)
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    """The value of one sample in a Prometheus text page."""
+    pattern = re.escape(name) + (re.escape("{" + labels + "}") if labels else "") + r" ([0-9.e+]+)"
+    found = re.search(r"^" + pattern + "$", text, re.M)
+    assert found, f"{name}{{{labels}}} not in metrics"
+    return float(found.group(1))

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import httpx
 
-from tests.support import ADMIN_TOKEN, RunningServer, free_port, view
+from tests.support import ADMIN_TOKEN, RunningServer, free_port, metric, view
 
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -135,6 +135,39 @@ class TestRateLimits:
         assert refused.json()["errors"][0]["code"] == "rate_limited"
         assert server.post([view(polite)] * 4).status_code == 200
         assert len(server.stored(greedy)) == 4 * statuses.count(200)
+
+    def test_replayed_retries_cost_no_tokens(self, serve: Callable[..., RunningServer]) -> None:
+        """A retry answered from the idempotency record stores nothing, so it spends nothing
+        of the account's quota."""
+        server = serve("--rate-limit", "0.01", "--rate-burst", "10")  # ~no refill meanwhile
+        key = server.client_key
+        first = server.post([view(key)] * 4, headers={"Idempotency-Key": "order-1"})
+        assert first.status_code == 200
+        retry = server.post([view(key)] * 4, headers={"Idempotency-Key": "order-1"})
+        assert retry.status_code == 200
+        assert retry.headers["idempotent-replayed"] == "true"
+        # 10 - 4 tokens left: 5 more events fit; had the retry paid, only 2 would.
+        assert server.post([view(key)] * 5).status_code == 200
+        assert server.post([view(key)] * 5).status_code == 429
+        assert len(server.stored(key)) == 9
+
+    def test_refused_and_replayed_requests_count_no_failed_events(
+        self, serve: Callable[..., RunningServer]
+    ) -> None:
+        """qlevents_events_failed_total counts the events of answered requests once: not
+        again for a replayed retry, not for a request refused with 429."""
+        server = serve("--rate-limit", "0.01", "--rate-burst", "10")
+        key = server.client_key
+        broken = view(key, price="12")
+        batch = [broken, view(key), view(key)]
+        for _ in range(2):
+            answer = server.post(batch, headers={"Idempotency-Key": "order-2"})
+            assert answer.status_code == 200
+            assert answer.json()["errors"][0]["code"] == "invalid_type"
+        assert server.post([broken, *[view(key)] * 9]).status_code == 429
+        text = httpx.get(f"{server.url}/metrics").text
+        assert metric(text, "qlevents_events_failed_total", 'code="invalid_type"') == 1
+        assert metric(text, "qlevents_events_processed_total") == 2
 
     def test_per_account_limit_overrides_the_default(
         self, serve: Callable[..., RunningServer], tmp_path: object

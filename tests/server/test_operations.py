@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 
 from qlevents.server import openapi
-from tests.support import RunningServer, child_pids, conversion, view
+from tests.support import RunningServer, child_pids, conversion, metric, view
 
 
 class TestProbes:
@@ -25,13 +25,6 @@ class TestProbes:
         """/healthz says alive; /readyz says the store takes writes."""
         assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
         assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready"}
-
-
-def metric(text: str, name: str, labels: str = "") -> float:
-    pattern = re.escape(name) + (re.escape("{" + labels + "}") if labels else "") + r" ([0-9.e+]+)"
-    found = re.search(r"^" + pattern + "$", text, re.M)
-    assert found, f"{name}{{{labels}}} not in metrics"
-    return float(found.group(1))
 
 
 class TestMetrics:

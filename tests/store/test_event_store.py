@@ -18,6 +18,7 @@ from qlevents.store import EventStore, IdempotencyRecord, MemoryEventStore, Repl
 from qlevents.store.base import CommitStats
 from qlevents.store.sqlite import SQLiteEventStore
 from qlevents.store.sqlite_db import row_values
+from tests.support import child_pids
 
 pytestmark = pytest.mark.anyio
 
@@ -315,6 +316,25 @@ class TestSQLiteWriterProcess:
         assert process.returncode == 0
         with pytest.raises(StoreUnavailableError):
             await store.append(stored(1))
+
+    async def test_close_while_a_new_writer_starts_ends_that_writer(self, tmp_path: Path) -> None:
+        """close() landing while a dead writer's successor is starting up: the successor
+        must not outlive the store."""
+        store = SQLiteEventStore(tmp_path / "e.db")
+        await store.open()
+        old = self.writer_pid(store)
+        os.kill(old, signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while not [pid for pid in child_pids(os.getpid()) if pid != old]:
+            assert loop.time() < deadline, "no new writer was started"
+            await asyncio.sleep(0.001)
+        assert store._process is None or store._process.pid == old  # still starting up
+        await store.close()
+        deadline = loop.time() + 10
+        while child_pids(os.getpid()):
+            assert loop.time() < deadline, f"writers left: {child_pids(os.getpid())}"
+            await asyncio.sleep(0.02)
 
     async def test_a_store_that_cannot_be_opened_says_why(self, tmp_path: Path) -> None:
         """open() fails with the reason when the database cannot be created."""

@@ -163,8 +163,9 @@ class Ingest:
             response = self._take_events(self._split(body), accounts, received_at)
         accepted = response.processed
 
+        spent: dict[str, int] = {}  # rate-limit tokens taken, per account
         if accepted and self.limiter.active:
-            self._check_rate(accepted, accounts)
+            spent = self._check_rate(accepted, accounts)
         answer = encode(response)
         outcome = Outcome(processed=len(accepted), failed=len(response.failed))
         headers: list[tuple[bytes, bytes]] = []
@@ -186,6 +187,7 @@ class Ingest:
             try:
                 replay = await self.store.append(accepted, record)
             except StoreUnavailableError as exc:
+                self.limiter.give_back(spent)  # nothing was stored
                 retry = str(max(1, round(exc.retry_after))).encode()
                 raise RequestRejected(
                     503,
@@ -195,6 +197,7 @@ class Ingest:
                 ) from exc
             if replay is not None:
                 assert record is not None
+                self.limiter.give_back(spent)  # a retry stores nothing again
                 if replay.fingerprint != record.fingerprint:
                     raise RequestRejected(
                         422,
@@ -206,8 +209,19 @@ class Ingest:
                 headers.append((b"idempotent-replayed", b"true"))
                 outcome = Outcome(replayed=True)
         self.metrics.events_processed.inc(outcome.processed)
+        if response.errors and not outcome.replayed:
+            self._count_failed(response.errors)
         await send_body(send, 200, answer, headers)
         return outcome
+
+    def _count_failed(self, errors: list[ErrorEntry]) -> None:
+        """One count per failed event, under the code of its first problem (counted only
+        once the request is answered: not for a 429, a 503 or a replayed retry)."""
+        counted = None
+        for error in errors:  # in request order, an event's problems together
+            if error.index is not None and error.index != counted:
+                counted = error.index
+                self.metrics.events_failed.labels(error.code).inc()
 
     # --- the steps -----------------------------------------------------------------------
 
@@ -264,7 +278,6 @@ class Ingest:
                             errors.append(error)
             response.failed.append(raw)
             response.errors.extend(errors)
-            self.metrics.events_failed.labels(errors[0].code).inc()
         return response
 
     @staticmethod
@@ -276,7 +289,10 @@ class Ingest:
             return response.processed[0].client_key
         return None
 
-    def _check_rate(self, accepted: list[StoredEvent], accounts: Mapping[str, Account]) -> None:
+    def _check_rate(
+        self, accepted: list[StoredEvent], accounts: Mapping[str, Account]
+    ) -> dict[str, int]:
+        """Take the accounts' tokens for ``accepted`` (returned, per account) or refuse: 429."""
         counts: dict[str, int] = {}
         for event in accepted:
             counts[event.client_key] = counts.get(event.client_key, 0) + 1
@@ -290,6 +306,7 @@ class Ingest:
                 f" stored. Retry in {retry} s.",
                 [(b"retry-after", str(retry).encode())],
             )
+        return counts
 
     def _check_encoding(self, encoding: bytes | None) -> bool:
         if encoding is None or encoding in (b"", b"identity"):

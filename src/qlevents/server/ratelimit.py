@@ -95,6 +95,13 @@ class RateLimiter:
             bucket.tokens -= count
         return 0.0
 
+    def give_back(self, counts: Mapping[str, int]) -> None:
+        """Return the tokens ``admit`` took for events that were not stored after all."""
+        for key, count in counts.items():
+            bucket = self._buckets.get(key)
+            if bucket is not None:
+                bucket.tokens = min(bucket.burst, bucket.tokens + count)
+
     @staticmethod
     def retry_after(wait: float) -> int:
         """Whole seconds for a Retry-After header (at least 1)."""

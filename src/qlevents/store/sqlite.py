@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import fcntl
 import itertools
 import logging
@@ -90,6 +91,7 @@ class SQLiteEventStore(EventStore):
         self._process: asyncio.subprocess.Process | None = None
         self._requests: asyncio.WriteTransport | None = None
         self._replies: asyncio.Task[None] | None = None
+        self._restarting: asyncio.Task[None] | None = None
         self._closing = False
         self._next_seq = 1
         self._outbox: list[AppendMessage] = []
@@ -131,11 +133,16 @@ class SQLiteEventStore(EventStore):
         finally:
             to_writer.close_read_end()
             from_writer.close_write_end()
-        replies = asyncio.StreamReader()
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(replies), from_writer.reader()
-        )
-        requests, _ = await loop.connect_write_pipe(asyncio.Protocol, to_writer.writer())
+        try:
+            replies = asyncio.StreamReader()
+            await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(replies), from_writer.reader()
+            )
+            requests, _ = await loop.connect_write_pipe(asyncio.Protocol, to_writer.writer())
+        except BaseException:
+            process.kill()
+            await process.wait()
+            raise
         try:
             started = await _read_reply(replies)
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
@@ -144,6 +151,10 @@ class SQLiteEventStore(EventStore):
             raise StoreUnavailableError(
                 f"the event store's writer process exited with status {code} on start"
             ) from exc
+        except BaseException:  # cancelled by close(): this writer must not outlive the store
+            requests.close()  # it exits at the end of its input
+            await process.wait()
+            raise
         if not isinstance(started, Started) or started.error is not None:
             requests.close()
             await process.wait()
@@ -154,6 +165,12 @@ class SQLiteEventStore(EventStore):
 
     async def close(self) -> None:
         self._closing = True
+        restarting = self._restarting
+        if restarting is not None and not restarting.done():
+            # A dead writer's successor is on its way: stop it, whatever stage it is at.
+            restarting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await restarting
         process, replies = self._process, self._replies
         if process is None or replies is None:
             return
@@ -236,7 +253,7 @@ class SQLiteEventStore(EventStore):
         self._fail_waiting(f"the event store's writer process exited with status {code}")
         if not self._closing:
             log.error("the event store's writer exited with status %s; starting another", code)
-            asyncio.get_running_loop().create_task(self._restart())
+            self._restarting = asyncio.get_running_loop().create_task(self._restart())
 
     def _answer(self, reply: Committed) -> None:
         if reply.error is not None and reply.failure:

@@ -17,7 +17,8 @@ from qlevents.events import StoredEvent
 from qlevents.store import EventStore, IdempotencyRecord, MemoryEventStore, Replay
 from qlevents.store.base import CommitStats
 from qlevents.store.sqlite import SQLiteEventStore
-from qlevents.store.sqlite_db import row_values
+from qlevents.store.sqlite_db import insert_values, row_values
+from qlevents.store.sqlite_writer import AppendMessage, Writer
 from tests.support import child_pids
 
 pytestmark = pytest.mark.anyio
@@ -335,6 +336,22 @@ class TestSQLiteWriterProcess:
         while child_pids(os.getpid()):
             assert loop.time() < deadline, f"writers left: {child_pids(os.getpid())}"
             await asyncio.sleep(0.02)
+
+    def test_an_append_of_broken_rows_fails_alone(self, tmp_path: Path) -> None:
+        """The writer takes the rows' values flat from the server; values that are not whole
+        rows fail their commit (nothing stored) instead of shifting columns."""
+        writer = Writer(tmp_path / "e.db", synchronous="FULL", wal_reset_pages=4096,
+                        busy_timeout_ms=1000)  # fmt: skip
+        writer.open()
+        try:
+            good = insert_values(stored(2))
+            broken = writer.commit([AppendMessage(1, good), AppendMessage(2, good[:-1])])
+            assert broken.error is not None and "not whole rows" in broken.error
+            assert writer.commit([AppendMessage(3, good)]).error is None
+            assert writer.conn is not None
+            assert writer.conn.execute("SELECT count(*) FROM events").fetchone()[0] == 2
+        finally:
+            writer.close()
 
     async def test_a_store_that_cannot_be_opened_says_why(self, tmp_path: Path) -> None:
         """open() fails with the reason when the database cannot be created."""

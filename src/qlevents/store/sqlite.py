@@ -30,7 +30,7 @@ from typing import BinaryIO, Final
 from qlevents._exceptions import StoreUnavailableError
 from qlevents.events import StoredEvent
 from qlevents.store.base import CommitObserver, CommitStats, EventStore, IdempotencyRecord, Replay
-from qlevents.store.sqlite_db import COLUMNS, connect, row_event
+from qlevents.store.sqlite_db import COLUMNS, connect, insert_values, row_event
 from qlevents.store.sqlite_writer import (
     HEADER,
     WAL_RESET_PAGES,
@@ -198,11 +198,11 @@ class SQLiteEventStore(EventStore):
         seq = self._next_seq
         self._next_seq += 1
         if idempotency is None:
-            message = AppendMessage(seq, list(events))
+            message = AppendMessage(seq, insert_values(events))
         else:
             message = AppendMessage(
                 seq,
-                list(events),
+                insert_values(events),
                 idempotency.scope,
                 idempotency.key,
                 idempotency.fingerprint,

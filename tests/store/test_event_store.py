@@ -7,6 +7,8 @@ import itertools
 import os
 import signal
 import sqlite3
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -352,6 +354,34 @@ class TestSQLiteWriterProcess:
             assert writer.conn.execute("SELECT count(*) FROM events").fetchone()[0] == 2
         finally:
             writer.close()
+
+    def test_close_is_not_lost_on_the_checkpointer(self, tmp_path: Path) -> None:
+        """close() wakes the checkpointer through the event that commits set. If close()
+        lands just as the checkpointer clears that event after a commit, the wake-up is
+        consumed: the checkpointer must still see that it is to stop, or close() (and the
+        writer process, which ignores SIGTERM) hangs for ever."""
+        writer = Writer(tmp_path / "e.db", synchronous="FULL", wal_reset_pages=4096,
+                        busy_timeout_ms=1000)  # fmt: skip
+        closing = threading.Event()
+
+        class CloseLandsBeforeClear(threading.Event):
+            def set(self) -> None:
+                super().set()
+                if writer._stop.is_set():
+                    closing.set()
+
+            def clear(self) -> None:
+                closing.wait(5)  # the checkpointer clears only after close() woke it
+                super().clear()
+
+        writer._committed = CloseLandsBeforeClear()
+        writer.open()
+        assert writer.commit([AppendMessage(1, insert_values(stored(1)))]).error is None
+        time.sleep(0.1)  # the checkpointer is now at clear(), waiting for close()
+        closer = threading.Thread(target=writer.close, daemon=True)
+        closer.start()
+        closer.join(10)
+        assert not closer.is_alive(), "close() hangs: the checkpointer missed its stop"
 
     async def test_a_store_that_cannot_be_opened_says_why(self, tmp_path: Path) -> None:
         """open() fails with the reason when the database cannot be created."""

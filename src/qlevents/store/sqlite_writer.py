@@ -198,7 +198,9 @@ class Writer:
         conn = connect(self.path, busy_timeout_ms=self.busy_timeout_ms)
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         try:
-            while True:
+            # close() sets _stop, then _committed. The clear() below may swallow the second
+            # (close() landing just before it), so _stop is looked at again before each wait.
+            while not self._stop.is_set():
                 self._committed.wait()
                 # At most one checkpoint per CHECKPOINT_EVERY, whatever the commit rate.
                 if self._stop.wait(CHECKPOINT_EVERY):

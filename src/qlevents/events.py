@@ -69,6 +69,12 @@ def are_permalinks(values: list[str]) -> bool:
     return _URL_LINES_RE.fullmatch(lines) is not None
 
 
+def permalink_ok(event: ViewEvent | ConversionEvent) -> bool:
+    """False only for a view event whose permalink is not an absolute http(s) URL: the one
+    rule that decoding into these types does not check."""
+    return type(event) is not ViewEvent or is_permalink(event.permalink)
+
+
 class ViewEvent(Struct, tag_field="event", tag="view", kw_only=True, gc=False):
     """A product page view. Fields the contract does not define are ignored."""
 

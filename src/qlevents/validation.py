@@ -98,7 +98,7 @@ def decode_event(raw: bytes | msgspec.Raw) -> Event | list[Problem]:
     """Decode one JSON event; return the typed event or every problem found in it."""
     try:
         event: Event = _event_decoder.decode(raw)
-        if type(event) is not ViewEvent or ev.is_permalink(event.permalink):
+        if ev.permalink_ok(event):
             return event
         first = "the permalink is not an absolute http(s) URL"
     except msgspec.ValidationError as exc:
@@ -119,7 +119,7 @@ def convert_event(obj: Mapping[str, Any]) -> Event | list[Problem]:
     """Check an event given as Python objects (the SDK's path); same rules as decode_event."""
     try:
         event: Event = msgspec.convert(obj, Event)
-        if type(event) is not ViewEvent or ev.is_permalink(event.permalink):
+        if ev.permalink_ok(event):
             return event
         first = "the permalink is not an absolute http(s) URL"
     except msgspec.ValidationError as exc:

@@ -15,7 +15,7 @@ import msgspec
 
 from qlevents._exceptions import ClientError, EventValidationError
 from qlevents.client._config import SERVER_MAX_BYTES, SERVER_MAX_EVENTS
-from qlevents.events import ConversionEvent, ViewEvent, is_permalink
+from qlevents.events import ConversionEvent, ViewEvent, permalink_ok
 from qlevents.validation import INVALID_TEXT, INVALID_VALUE, Problem, convert_event
 
 _encode: Final = msgspec.json.Encoder().encode
@@ -40,7 +40,7 @@ def _checked(
     # failure convert_event itself lists every problem, as the server would.
     try:
         checked: ViewEvent | ConversionEvent = msgspec.convert(event, kind)
-        if type(checked) is not ViewEvent or is_permalink(checked.permalink):
+        if permalink_ok(checked):
             return checked
     except msgspec.ValidationError:
         pass

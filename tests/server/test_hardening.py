@@ -151,6 +151,26 @@ class TestRateLimits:
         assert server.post([view(key)] * 5).status_code == 429
         assert len(server.stored(key)) == 9
 
+    def test_a_retry_is_answered_even_with_an_empty_bucket(
+        self, serve: Callable[..., RunningServer]
+    ) -> None:
+        """The quota is spent: a new request gets 429, but a retry of a stored one gets its
+        first answer (and a different body under the same key its 422)."""
+        server = serve("--rate-limit", "0.01", "--rate-burst", "4")
+        key = server.client_key
+        batch = [view(key)] * 4
+        first = server.post(batch, headers={"Idempotency-Key": "order-3"})
+        assert first.status_code == 200
+        assert server.post([view(key)], headers={"Idempotency-Key": "order-4"}).status_code == 429
+        retry = server.post(batch, headers={"Idempotency-Key": "order-3"})
+        assert retry.status_code == 200
+        assert retry.headers["idempotent-replayed"] == "true"
+        assert retry.json() == first.json()
+        other = server.post([view(key)] * 3, headers={"Idempotency-Key": "order-3"})
+        assert other.status_code == 422
+        assert other.json()["errors"][0]["code"] == "idempotency_key_reused"
+        assert len(server.stored(key)) == 4
+
     def test_refused_and_replayed_requests_count_no_failed_events(
         self, serve: Callable[..., RunningServer]
     ) -> None:

@@ -106,6 +106,14 @@ class TestIdempotency:
         assert await store.append(stored(1, "k2", "b"), other) is None
         assert len(await store.read()) == 2
 
+    async def test_a_used_key_can_be_looked_up(self, store: EventStore) -> None:
+        """find_replay answers for a key stored by append, and only for its account."""
+        assert await store.find_replay("k1", "key-1") is None
+        await store.append(stored(1), record(response=b"first"))
+        assert await store.find_replay("k1", "key-1") == Replay(b"f1", b"first")
+        assert await store.find_replay("k2", "key-1") is None
+        assert await store.find_replay("k1", "key-2") is None
+
     async def test_concurrent_duplicates_store_once(self, store: EventStore) -> None:
         """Two appends with one key in flight together: one stores, the other replays."""
         results = await asyncio.gather(

@@ -32,7 +32,7 @@ from qlevents.server.metrics import Metrics
 from qlevents.server.ratelimit import RateLimiter
 from qlevents.server.responses import encode, send_body, send_request_error
 from qlevents.server.types import Receive, Scope, Send
-from qlevents.store.base import EventStore, IdempotencyRecord
+from qlevents.store.base import EventStore, IdempotencyRecord, Replay
 from qlevents.validation import decode_event
 
 _split_array: Final = msgspec.json.Decoder(list[msgspec.Raw]).decode
@@ -163,26 +163,36 @@ class Ingest:
             response = self._take_events(self._split(body), accounts, received_at)
         accepted = response.processed
 
-        spent: dict[str, int] = {}  # rate-limit tokens taken, per account
-        if accepted and self.limiter.active:
-            spent = self._check_rate(accepted, accounts)
-        answer = encode(response)
-        outcome = Outcome(processed=len(accepted), failed=len(response.failed))
-        headers: list[tuple[bytes, bytes]] = []
         # A key is remembered only for a request of a known account: otherwise anyone could
         # make the store keep answers (which echo up to 5 MiB of failed events) for 24 h.
         scope_key = self._first_client_key(response) if key is not None else None
         if scope_key is None or scope_key not in accounts:
-            key = None
+            key = scope_key = None
+        fingerprint = hashlib.blake2b(body, digest_size=16).digest() if key is not None else b""
+
+        spent: dict[str, int] = {}  # rate-limit tokens taken, per account
+        if accepted and self.limiter.active:
+            try:
+                spent = self._check_rate(accepted, accounts)
+            except RequestRejected:
+                # A retry of a request that was stored is answered as such, quota or not.
+                if key is None or scope_key is None:
+                    raise
+                earlier = await self.store.find_replay(scope_key, key)
+                if earlier is None:
+                    raise
+                answer = self._replayed(key, earlier, fingerprint)
+                await send_body(send, 200, answer, [(b"idempotent-replayed", b"true")])
+                return Outcome(replayed=True)
+        answer = encode(response)
+        outcome = Outcome(processed=len(accepted), failed=len(response.failed))
+        headers: list[tuple[bytes, bytes]] = []
         if accepted or key is not None:
             record = None
             if key is not None:
                 assert scope_key is not None
                 record = IdempotencyRecord(
-                    scope=scope_key,
-                    key=key,
-                    fingerprint=hashlib.blake2b(body, digest_size=16).digest(),
-                    response=answer,
+                    scope=scope_key, key=key, fingerprint=fingerprint, response=answer
                 )
             try:
                 replay = await self.store.append(accepted, record)
@@ -196,16 +206,9 @@ class Ingest:
                     [(b"retry-after", retry)],
                 ) from exc
             if replay is not None:
-                assert record is not None
+                assert key is not None
                 self.limiter.give_back(spent)  # a retry stores nothing again
-                if replay.fingerprint != record.fingerprint:
-                    raise RequestRejected(
-                        422,
-                        "idempotency_key_reused",
-                        f"the Idempotency-Key {key!r} was already used for a different request"
-                        " body in the last 24 hours; use a new key for a new request.",
-                    )
-                answer = replay.response
+                answer = self._replayed(key, replay, fingerprint)
                 headers.append((b"idempotent-replayed", b"true"))
                 outcome = Outcome(replayed=True)
         self.metrics.events_processed.inc(outcome.processed)
@@ -213,6 +216,18 @@ class Ingest:
             self._count_failed(response.errors)
         await send_body(send, 200, answer, headers)
         return outcome
+
+    @staticmethod
+    def _replayed(key: str, replay: Replay, fingerprint: bytes) -> bytes:
+        """The first answer, for a retry with the same body; 422 for another body."""
+        if replay.fingerprint != fingerprint:
+            raise RequestRejected(
+                422,
+                "idempotency_key_reused",
+                f"the Idempotency-Key {key!r} was already used for a different request"
+                " body in the last 24 hours; use a new key for a new request.",
+            )
+        return replay.response
 
     def _count_failed(self, errors: list[ErrorEntry]) -> None:
         """One count per failed event, under the code of its first problem (counted only

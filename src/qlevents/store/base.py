@@ -70,6 +70,15 @@ class EventStore(abc.ABC):
         Raises :class:`~qlevents.StoreUnavailableError` when nothing could be stored.
         """
 
+    async def find_replay(self, scope: str, key: str) -> Replay | None:
+        """The answer remembered for ``key`` of account ``scope``, if it was used less than
+        :data:`IDEMPOTENCY_TTL` ago; None if not, or if the store cannot say.
+
+        Only for a retry that a rate limit would refuse: ``append`` itself applies keys
+        atomically. The default knows nothing.
+        """
+        return None
+
     @abc.abstractmethod
     async def read(
         self, after: int = 0, limit: int = 1000, client_key: str | None = None

@@ -29,6 +29,12 @@ class MemoryEventStore(EventStore):
         self._events.extend(events)
         return None
 
+    async def find_replay(self, scope: str, key: str) -> Replay | None:
+        earlier = self._idempotency.get((scope, key))
+        if earlier is not None and time.time() - earlier[0] < IDEMPOTENCY_TTL:
+            return earlier[1]
+        return None
+
     async def read(
         self, after: int = 0, limit: int = 1000, client_key: str | None = None
     ) -> list[tuple[int, StoredEvent]]:

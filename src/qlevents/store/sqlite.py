@@ -29,7 +29,14 @@ from typing import BinaryIO, Final
 
 from qlevents._exceptions import StoreUnavailableError
 from qlevents.events import StoredEvent
-from qlevents.store.base import CommitObserver, CommitStats, EventStore, IdempotencyRecord, Replay
+from qlevents.store.base import (
+    IDEMPOTENCY_TTL,
+    CommitObserver,
+    CommitStats,
+    EventStore,
+    IdempotencyRecord,
+    Replay,
+)
 from qlevents.store.sqlite_db import COLUMNS, connect, insert_values, row_event
 from qlevents.store.sqlite_writer import (
     HEADER,
@@ -329,6 +336,28 @@ class SQLiteEventStore(EventStore):
         finally:
             conn.close()
         return [(row[0], row_event(row)) for row in rows]
+
+    async def find_replay(self, scope: str, key: str) -> Replay | None:
+        return await asyncio.to_thread(self._find_replay_sync, scope, key)
+
+    def _find_replay_sync(self, scope: str, key: str) -> Replay | None:
+        if not self.path.exists():
+            return None
+        try:
+            conn = connect(self.path, readonly=True)
+            try:
+                row = conn.execute(
+                    "SELECT fingerprint, response, created_at FROM idempotency"
+                    " WHERE scope = ? AND key = ?",
+                    (scope, key),
+                ).fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return None  # not knowing is safe: the caller refuses the request as it would have
+        if row is None or time.time() - row[2] >= IDEMPOTENCY_TTL:
+            return None
+        return Replay(bytes(row[0]), bytes(row[1]))
 
     async def check_writable(self) -> None:
         if self._process is None:

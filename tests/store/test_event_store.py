@@ -20,7 +20,7 @@ from qlevents.store import EventStore, IdempotencyRecord, MemoryEventStore, Repl
 from qlevents.store.base import CommitStats
 from qlevents.store.sqlite import SQLiteEventStore
 from qlevents.store.sqlite_db import insert_values, row_values
-from qlevents.store.sqlite_writer import AppendMessage, Writer
+from qlevents.store.sqlite_writer import LOCK_POLL_FIRST, LOCK_POLL_MAX, AppendMessage, Writer
 from tests.support import child_pids
 
 pytestmark = pytest.mark.anyio
@@ -362,6 +362,85 @@ class TestSQLiteWriterProcess:
             assert writer.conn.execute("SELECT count(*) FROM events").fetchone()[0] == 2
         finally:
             writer.close()
+
+    def test_a_writer_polls_for_another_writers_lock_in_short_pauses(self, tmp_path: Path) -> None:
+        """With --workers N each worker has a writer process. One that finds the write lock
+        taken tries again after pauses of LOCK_POLL_FIRST, doubling up to LOCK_POLL_MAX
+        (SQLite's own busy handler sleeps up to 100 ms between tries), and stores its
+        events once the lock is free."""
+        path = tmp_path / "e.db"
+        writer = Writer(path, synchronous="FULL", wal_reset_pages=4096, busy_timeout_ms=5000)
+        writer.open()
+        holder = sqlite3.connect(path, isolation_level=None)
+        pauses: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            pauses.append(seconds)
+            if len(pauses) % 8 == 0:
+                holder.execute("ROLLBACK")  # the other writer's commit is done
+
+        writer.sleep = sleep
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            assert writer.commit([AppendMessage(1, insert_values(stored(3)))]).error is None
+            key = record(key="k-1")
+            with_key = AppendMessage(2, insert_values(stored(1, prefix="k")), scope=key.scope,
+                                     key=key.key, fingerprint=key.fingerprint,
+                                     response=key.response)  # fmt: skip
+            holder.execute("BEGIN IMMEDIATE")  # the transaction path (BEGIN IMMEDIATE) too
+            assert writer.commit([with_key]).error is None
+        finally:
+            holder.close()
+            writer.close()
+        doubling = [LOCK_POLL_FIRST * 2**i for i in range(4)] + [LOCK_POLL_MAX] * 4
+        assert pauses == doubling * 2  # each commit starts again from the shortest pause
+        conn = sqlite3.connect(path)
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 4
+        assert conn.execute("SELECT count(*) FROM idempotency").fetchone()[0] == 1
+        conn.close()
+
+    def test_a_writer_gives_up_on_a_held_lock_at_the_busy_timeout(self, tmp_path: Path) -> None:
+        """Polling ends at the busy timeout: the commit fails as busy (not as a failure of
+        the disk), stores nothing, and the next commit goes through once the lock is free."""
+        path = tmp_path / "e.db"
+        writer = Writer(path, synchronous="FULL", wal_reset_pages=4096, busy_timeout_ms=30)
+        writer.open()
+        holder = sqlite3.connect(path, isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            refused = writer.commit([AppendMessage(1, insert_values(stored(2)))])
+            assert refused.error is not None and "locked" in refused.error
+            assert not refused.failure
+            holder.execute("ROLLBACK")
+            writer._reset_wal.set()  # a WAL restart waits with the busy timeout, then not
+            writer.reset_wal_if_asked()
+            assert writer.conn is not None
+            assert writer.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+            assert writer.commit([AppendMessage(2, insert_values(stored(1)))]).error is None
+            assert writer.conn.execute("SELECT count(*) FROM events").fetchone()[0] == 1
+        finally:
+            holder.close()
+            writer.close()
+
+    async def test_two_stores_on_one_file_both_store_everything(self, tmp_path: Path) -> None:
+        """Two workers: two stores (two writer processes) appending to one database at once."""
+        path = tmp_path / "e.db"
+        first, second = SQLiteEventStore(path), SQLiteEventStore(path)
+        await first.open()
+        await second.open()
+        try:
+            await asyncio.gather(
+                *(
+                    store.append(stored(5, prefix=f"{name}{i}-"))
+                    for i in range(100)
+                    for name, store in (("a", first), ("b", second))
+                )
+            )
+        finally:
+            await first.close()
+            await second.close()
+        ids = [e.id for _, e in SQLiteEventStore(path).read_sync()]
+        assert len(ids) == len(set(ids)) == 1000
 
     def test_close_is_not_lost_on_the_checkpointer(self, tmp_path: Path) -> None:
         """close() wakes the checkpointer through the event that commits set. If close()

@@ -62,6 +62,14 @@ log: Final = logging.getLogger("qlevents.store")
 _EXPIRE_EVERY: Final = 60.0
 _SQLITE_BUSY: Final = 5
 _SQLITE_LOCKED: Final = 6
+#: How the writer waits for SQLite's write lock when another writer holds it (with
+#: ``--workers N`` each worker has its own writer process): polls, the first after
+#: LOCK_POLL_FIRST seconds, doubling up to LOCK_POLL_MAX, until the busy timeout. SQLite's
+#: own busy handler sleeps up to 100 ms between tries (1, 2, 5, 10, ... 50, 100 ms), and
+#: with two busy writers the loser kept losing: p99 0.7-1.1 s with 100-event requests on two
+#: workers, against 15 ms on one. Another writer's commit holds the lock for a few ms.
+LOCK_POLL_FIRST: Final = 0.0002
+LOCK_POLL_MAX: Final = 0.002
 #: How often, at most, the checkpointer copies the WAL into the database (seconds), and the
 #: WAL size (pages) past which the writer restarts the WAL between two commits. Small copies
 #: often disturb the commits less than large ones seldom: one passive checkpoint of 50 ms of
@@ -157,6 +165,8 @@ class Writer:
         self.wal_reset_pages = wal_reset_pages
         self.busy_timeout_ms = busy_timeout_ms
         self.conn: sqlite3.Connection | None = None
+        #: Waits between two tries for the write lock (tests replace it).
+        self.sleep = time.sleep
         self._last_expiry = 0.0
         self._reset_wal = threading.Event()
         #: Set after each commit: there may be something to checkpoint.
@@ -179,6 +189,8 @@ class Writer:
         # measured). The limit cuts back what one burst grew past it.
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         conn.execute(f"PRAGMA journal_size_limit = {self.wal_reset_pages * page_size}")
+        # From here on a busy write lock is reported at once, and commit() polls for it.
+        conn.execute("PRAGMA busy_timeout = 0")
         self.conn = conn
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, name="qlevents-sqlite-checkpointer", daemon=True
@@ -229,11 +241,14 @@ class Writer:
         assert self.conn is not None
         started = time.perf_counter()
         try:
+            # A restart waits for the readers (and other writers) through the busy handler.
+            self.conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             self.conn.execute("PRAGMA wal_checkpoint(RESTART)")
         except sqlite3.Error:
             log.warning("restarting the WAL of %s failed; will retry", self.path, exc_info=True)
         finally:
             self._reset_wal.clear()
+            self.conn.execute("PRAGMA busy_timeout = 0")
         held = time.perf_counter() - started
         if held > 0.5:
             log.warning("restarting the WAL held the writer for %.2f s", held)
@@ -243,7 +258,7 @@ class Writer:
         upto = appends[-1].seq
         started = time.perf_counter()
         try:
-            count, replays = self._commit(appends)
+            count, replays = self._commit_when_unlocked(appends)
             self._committed.set()
         except sqlite3.Error as exc:
             code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
@@ -263,6 +278,28 @@ class Writer:
             events=count,
             seconds=time.perf_counter() - started,
         )
+
+    def _commit_when_unlocked(
+        self, appends: Sequence[AppendMessage]
+    ) -> tuple[int, dict[int, _Replay]]:
+        """``_commit``, tried again while another connection holds the write lock, for up to
+        the busy timeout. A try that meets the lock has stored nothing: its first statement
+        (the INSERT, or BEGIN IMMEDIATE) is the one that asks for the lock."""
+        deadline = 0.0
+        pause = LOCK_POLL_FIRST
+        while True:
+            try:
+                return self._commit(appends)
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF != _SQLITE_BUSY:
+                    raise
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + self.busy_timeout_ms / 1000
+                elif now >= deadline:
+                    raise
+                self.sleep(min(pause, deadline - now))
+                pause = min(pause * 2, LOCK_POLL_MAX)
 
     def _commit(self, appends: Sequence[AppendMessage]) -> tuple[int, dict[int, _Replay]]:
         conn = self.conn

@@ -40,7 +40,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -175,8 +175,38 @@ class Writer:
         self._checkpointer: threading.Thread | None = None
 
     def open(self) -> None:
+        """Open (or create) the database. Two writers creating it at once (``--workers N``
+        on a new data directory) can meet a lock that SQLite reports at once instead of
+        waiting for it (switching to WAL, creating the tables): tried again until the busy
+        timeout."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        pause = LOCK_POLL_FIRST
+        while True:
+            try:
+                self.conn = self._connect()
+                break
+            except sqlite3.OperationalError as exc:
+                busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+                if not busy or time.monotonic() >= deadline:
+                    raise
+                self.sleep(pause)
+                pause = min(pause * 2, LOCK_POLL_MAX)
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="qlevents-sqlite-checkpointer", daemon=True
+        )
+        self._checkpointer.start()
+
+    def _connect(self) -> sqlite3.Connection:
         conn = connect(self.path, busy_timeout_ms=self.busy_timeout_ms)
+        try:
+            self._set_up(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _set_up(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         conn.executescript(SCHEMA)
@@ -191,11 +221,6 @@ class Writer:
         conn.execute(f"PRAGMA journal_size_limit = {self.wal_reset_pages * page_size}")
         # From here on a busy write lock is reported at once, and commit() polls for it.
         conn.execute("PRAGMA busy_timeout = 0")
-        self.conn = conn
-        self._checkpointer = threading.Thread(
-            target=self._checkpoint_loop, name="qlevents-sqlite-checkpointer", daemon=True
-        )
-        self._checkpointer.start()
 
     def close(self) -> None:
         self._stop.set()
@@ -253,26 +278,33 @@ class Writer:
         if held > 0.5:
             log.warning("restarting the WAL held the writer for %.2f s", held)
 
-    def commit(self, appends: Sequence[AppendMessage]) -> Committed:
-        """Store every append of ``appends`` in one transaction; say how it went."""
-        upto = appends[-1].seq
+    def commit(
+        self,
+        appends: list[AppendMessage],
+        arrived: Callable[[], list[AppendMessage]] = list,
+    ) -> Committed:
+        """Store every append of ``appends`` in one transaction; say how it went.
+
+        While another writer holds the lock, the appends ``arrived`` returns join the
+        group (``appends`` grows): the commit that finally gets the lock stores them all.
+        """
         started = time.perf_counter()
         try:
-            count, replays = self._commit_when_unlocked(appends)
+            count, replays = self._commit_when_unlocked(appends, arrived)
             self._committed.set()
         except sqlite3.Error as exc:
             code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
             return Committed(
-                upto,
+                appends[-1].seq,
                 error=f"the event store cannot take writes: {exc}",
                 # A full disk or an I/O error: a probe that writes nothing would not see it.
                 failure=code not in (_SQLITE_BUSY, _SQLITE_LOCKED),
             )
         except Exception as exc:  # a bug must fail these appends, not kill the writer
             log.exception("commit failed")
-            return Committed(upto, error=f"the event store's writer failed: {exc!r}")
+            return Committed(appends[-1].seq, error=f"the event store's writer failed: {exc!r}")
         return Committed(
-            upto,
+            appends[-1].seq,
             replays=replays,
             requests=len(appends),
             events=count,
@@ -280,11 +312,11 @@ class Writer:
         )
 
     def _commit_when_unlocked(
-        self, appends: Sequence[AppendMessage]
+        self, appends: list[AppendMessage], arrived: Callable[[], list[AppendMessage]]
     ) -> tuple[int, dict[int, _Replay]]:
         """``_commit``, tried again while another connection holds the write lock, for up to
-        the busy timeout. A try that meets the lock has stored nothing: its first statement
-        (the INSERT, or BEGIN IMMEDIATE) is the one that asks for the lock."""
+        the busy timeout, with what arrived meanwhile. A try that meets the lock has stored
+        nothing: its first statement (the INSERT, or BEGIN IMMEDIATE) asks for the lock."""
         deadline = 0.0
         pause = LOCK_POLL_FIRST
         while True:
@@ -300,6 +332,7 @@ class Writer:
                     raise
                 self.sleep(min(pause, deadline - now))
                 pause = min(pause * 2, LOCK_POLL_MAX)
+                appends += arrived()
 
     def _commit(self, appends: Sequence[AppendMessage]) -> tuple[int, dict[int, _Replay]]:
         conn = self.conn
@@ -396,11 +429,18 @@ def serve(writer: Writer, fd_in: int, fd_out: int) -> None:
             else:  # idle: a good moment to restart the WAL if the checkpointer asked
                 writer.reset_wal_if_asked()
             continue
-        # Whatever arrived during the previous commit joins this one (group commit).
+        # Whatever arrived during the previous commit joins this one (group commit), and
+        # so does what arrives while another writer holds the lock.
         at_end = _read_available(fd_in, buffer) or at_end
         frames += take_frames(buffer)
         appends = [append for data in frames for append in decode_batch(data)]
-        _write_all(fd_out, frame(writer.commit(appends)))
+
+        def arrived() -> list[AppendMessage]:
+            nonlocal at_end
+            at_end = _read_available(fd_in, buffer) or at_end
+            return [append for data in take_frames(buffer) for append in decode_batch(data)]
+
+        _write_all(fd_out, frame(writer.commit(appends, arrived)))
         writer.reset_wal_if_asked()
 
 

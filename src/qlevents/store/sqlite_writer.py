@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 
@@ -60,8 +60,8 @@ log: Final = logging.getLogger("qlevents.store")
 
 #: How often expired idempotency keys are deleted (seconds).
 _EXPIRE_EVERY: Final = 60.0
-_SQLITE_BUSY: Final = 5
-_SQLITE_LOCKED: Final = 6
+#: SQLite's answers to a connection that wants a lock another one holds.
+_LOCK_HELD: Final = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
 #: How the writer waits for SQLite's write lock when another writer holds it (with
 #: ``--workers N`` each worker has its own writer process): polls, the first after
 #: LOCK_POLL_FIRST seconds, doubling up to LOCK_POLL_MAX, until the busy timeout. SQLite's
@@ -154,6 +154,14 @@ def take_frames(buffer: bytearray) -> list[bytes]:
 # --- the writer --------------------------------------------------------------------------
 
 
+_T = TypeVar("_T")
+
+
+def _error_code(exc: sqlite3.Error) -> int:
+    """The primary result code of an SQLite error (extended codes carry more bits)."""
+    return int(getattr(exc, "sqlite_errorcode", 0)) & 0xFF
+
+
 class Writer:
     """Owns the write connection; commits groups of appends."""
 
@@ -177,21 +185,9 @@ class Writer:
     def open(self) -> None:
         """Open (or create) the database. Two writers creating it at once (``--workers N``
         on a new data directory) can meet a lock that SQLite reports at once instead of
-        waiting for it (switching to WAL, creating the tables): tried again until the busy
-        timeout."""
+        waiting for it (switching to WAL, creating the tables): tried again."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + self.busy_timeout_ms / 1000
-        pause = LOCK_POLL_FIRST
-        while True:
-            try:
-                self.conn = self._connect()
-                break
-            except sqlite3.OperationalError as exc:
-                busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
-                if not busy or time.monotonic() >= deadline:
-                    raise
-                self.sleep(pause)
-                pause = min(pause * 2, LOCK_POLL_MAX)
+        self.conn = self._while_locked(self._connect)
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, name="qlevents-sqlite-checkpointer", daemon=True
         )
@@ -290,15 +286,18 @@ class Writer:
         """
         started = time.perf_counter()
         try:
-            count, replays = self._commit_when_unlocked(appends, arrived)
+            # A try that meets the lock has stored nothing: its first statement (the INSERT,
+            # or BEGIN IMMEDIATE) is the one that asks for it.
+            count, replays = self._while_locked(
+                lambda: self._commit(appends), meanwhile=lambda: appends.extend(arrived())
+            )
             self._committed.set()
         except sqlite3.Error as exc:
-            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
             return Committed(
                 appends[-1].seq,
                 error=f"the event store cannot take writes: {exc}",
                 # A full disk or an I/O error: a probe that writes nothing would not see it.
-                failure=code not in (_SQLITE_BUSY, _SQLITE_LOCKED),
+                failure=_error_code(exc) not in _LOCK_HELD,
             )
         except Exception as exc:  # a bug must fail these appends, not kill the writer
             log.exception("commit failed")
@@ -311,28 +310,24 @@ class Writer:
             seconds=time.perf_counter() - started,
         )
 
-    def _commit_when_unlocked(
-        self, appends: list[AppendMessage], arrived: Callable[[], list[AppendMessage]]
-    ) -> tuple[int, dict[int, _Replay]]:
-        """``_commit``, tried again while another connection holds the write lock, for up to
-        the busy timeout, with what arrived meanwhile. A try that meets the lock has stored
-        nothing: its first statement (the INSERT, or BEGIN IMMEDIATE) asks for the lock."""
-        deadline = 0.0
+    def _while_locked(
+        self, attempt: Callable[[], _T], meanwhile: Callable[[], object] = lambda: None
+    ) -> _T:
+        """``attempt()``, tried again while another connection holds the lock it needs, for
+        up to the busy timeout: after LOCK_POLL_FIRST, doubling up to LOCK_POLL_MAX, with
+        ``meanwhile()`` called between two tries."""
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
         pause = LOCK_POLL_FIRST
         while True:
             try:
-                return self._commit(appends)
+                return attempt()
             except sqlite3.OperationalError as exc:
-                if getattr(exc, "sqlite_errorcode", 0) & 0xFF != _SQLITE_BUSY:
+                left = deadline - time.monotonic()
+                if _error_code(exc) not in _LOCK_HELD or left <= 0:
                     raise
-                now = time.monotonic()
-                if not deadline:
-                    deadline = now + self.busy_timeout_ms / 1000
-                elif now >= deadline:
-                    raise
-                self.sleep(min(pause, deadline - now))
+                self.sleep(min(pause, left))
                 pause = min(pause * 2, LOCK_POLL_MAX)
-                appends += arrived()
+                meanwhile()
 
     def _commit(self, appends: Sequence[AppendMessage]) -> tuple[int, dict[int, _Replay]]:
         conn = self.conn

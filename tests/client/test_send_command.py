@@ -59,7 +59,7 @@ class TestSendCommand:
         code = main(["send", str(path), "--endpoint", server.events_url])
         out = capsys.readouterr().out
         assert code == 1
-        assert "1 processed, 3 failed" in out
+        assert "1 processed, 3 failed (1 request)." in out
         assert "out_of_range" in out and "unknown_client_key" in out and "not_an_object" in out
         assert len(server.stored()) == 1
 

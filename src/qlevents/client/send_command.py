@@ -184,6 +184,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 def _summary(
     processed: int, failed: int, requests: int, reasons: Counter[str], examples: dict[str, str]
 ) -> None:
-    print(f"{processed} processed, {failed} failed ({requests} requests).")
+    plural = "" if requests == 1 else "s"
+    print(f"{processed} processed, {failed} failed ({requests} request{plural}).")
     for code, count in reasons.most_common():
         print(f"  {count:>8}  {code}: {examples.get(code, '')}")

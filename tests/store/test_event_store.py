@@ -20,7 +20,14 @@ from qlevents.store import EventStore, IdempotencyRecord, MemoryEventStore, Repl
 from qlevents.store.base import CommitStats
 from qlevents.store.sqlite import SQLiteEventStore
 from qlevents.store.sqlite_db import insert_values, row_values
-from qlevents.store.sqlite_writer import LOCK_POLL_FIRST, LOCK_POLL_MAX, AppendMessage, Writer
+from qlevents.store.sqlite_writer import (
+    LOCK_POLL_FIRST,
+    LOCK_POLL_MAX,
+    RESTART_BACKOFF_FIRST,
+    RESTART_WARN_AFTER,
+    AppendMessage,
+    Writer,
+)
 from tests.support import child_pids
 
 pytestmark = pytest.mark.anyio
@@ -417,7 +424,7 @@ class TestSQLiteWriterProcess:
             assert refused.error is not None and "locked" in refused.error
             assert not refused.failure
             holder.execute("ROLLBACK")
-            writer._reset_wal.set()  # a WAL restart waits with the busy timeout, then not
+            writer._reset_wal.set()  # a WAL restart waits a little (RESTART_WAIT_MS), then not
             writer.reset_wal_if_asked()
             assert writer.conn is not None
             assert writer.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 0
@@ -462,6 +469,52 @@ class TestSQLiteWriterProcess:
                 if not isinstance(result, BaseException):
                     await store.close()
             assert [r for r in opened if isinstance(r, BaseException)] == []
+
+    def test_a_reader_on_an_old_snapshot_does_not_hold_the_writer(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A WAL restart must wait for readers still on an older snapshot (a backup, an
+        operator's query). It gives up after RESTART_WAIT_MS instead of the 5 s busy timeout,
+        backs off, warns once a restart has failed for RESTART_WARN_AFTER, and restarts the
+        WAL once the reader is done."""
+        path = tmp_path / "e.db"
+        writer = Writer(path, synchronous="FULL", wal_reset_pages=4096, busy_timeout_ms=5000)
+        writer.open()
+        reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        try:
+            assert writer.commit([AppendMessage(1, insert_values(stored(5)))]).error is None
+            reader.execute("BEGIN")
+            assert reader.execute("SELECT count(*) FROM events").fetchone()[0] == 5
+            assert writer.commit([AppendMessage(2, insert_values(stored(5)))]).error is None
+
+            writer._restart_failing_since = time.monotonic() - RESTART_WARN_AFTER - 1
+            writer._reset_wal.set()
+            before = time.monotonic()
+            with caplog.at_level("WARNING", logger="qlevents.store"):
+                writer.reset_wal_if_asked()
+            assert writer._reset_wal.is_set(), "the restart is still wanted"
+            assert writer._next_restart >= before + RESTART_BACKOFF_FIRST
+            assert writer._restart_backoff == RESTART_BACKOFF_FIRST * 2
+            assert any("could not be restarted" in r.message for r in caplog.records)
+            writer._next_restart = time.monotonic() + 60  # within the back-off:
+            writer.reset_wal_if_asked()  # not tried again
+            assert writer._restart_backoff == RESTART_BACKOFF_FIRST * 2
+            assert writer.commit([AppendMessage(3, insert_values(stored(5)))]).error is None
+
+            reader.execute("COMMIT")
+            writer._next_restart = 0.0  # the back-off is over
+            writer.reset_wal_if_asked()
+            assert not writer._reset_wal.is_set()
+            assert writer._restart_backoff == RESTART_BACKOFF_FIRST
+            assert writer.conn is not None
+            # Restarted: the next commit writes the WAL from its start.
+            assert writer.commit([AppendMessage(4, insert_values(stored(1)))]).error is None
+            _, wal_frames, _ = writer.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            assert 0 < wal_frames < 10
+            assert writer.conn.execute("SELECT count(*) FROM events").fetchone()[0] == 16
+        finally:
+            reader.close()
+            writer.close()
 
     async def test_two_stores_on_one_file_both_store_everything(self, tmp_path: Path) -> None:
         """Two workers: two stores (two writer processes) appending to one database at once."""

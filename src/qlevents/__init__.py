@@ -11,8 +11,7 @@ from qlevents._exceptions import (
     StoreUnavailableError,
     TransportError,
 )
-
-__version__ = "0.1.0"
+from qlevents._version import __version__
 
 # The SDK, imported when first used: the server's processes (the store's writer above all)
 # should not pay for httpx and the client at start-up. Type checkers see the real imports.

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from qlevents import __version__
 from qlevents._exceptions import QleventsError
+from qlevents._version import __version__
+from qlevents.events import MAX_BODY_BYTES, MAX_EVENTS_PER_REQUEST
 
 
 class CommandError(Exception):
@@ -239,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--rate-burst", type=float, default=0.0, help="default burst (0: one second's worth)"
     )
-    serve.add_argument("--max-body-bytes", type=int, default=5 * 1024 * 1024)
-    serve.add_argument("--max-events", type=int, default=1000)
+    serve.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
+    serve.add_argument("--max-events", type=int, default=MAX_EVENTS_PER_REQUEST)
     serve.add_argument("--synchronous", choices=["FULL", "EXTRA"], default="FULL")
     serve.add_argument("--store", choices=["sqlite", "memory"], default="sqlite")
     serve.add_argument("--no-access-log", action="store_true")

@@ -12,6 +12,10 @@ from typing import Annotated, Final
 import msgspec
 from msgspec import Meta, Struct
 
+#: The API's request limits: most events in one request, and the largest body (bytes, after
+#: gzip decompression). The server's defaults and the SDK's batch limits are these.
+MAX_EVENTS_PER_REQUEST: Final = 1000
+MAX_BODY_BYTES: Final = 5 * 1024 * 1024
 #: Longest client key, product id, vid, tag or channel accepted (characters).
 MAX_KEY_LENGTH: Final = 128
 MAX_PRODUCT_ID_LENGTH: Final = 256

@@ -14,8 +14,13 @@ from typing import Any, Final
 import msgspec
 
 from qlevents._exceptions import ClientError, EventValidationError
-from qlevents.client._config import SERVER_MAX_BYTES, SERVER_MAX_EVENTS
-from qlevents.events import ConversionEvent, ViewEvent, permalink_ok
+from qlevents.events import (
+    MAX_BODY_BYTES,
+    MAX_EVENTS_PER_REQUEST,
+    ConversionEvent,
+    ViewEvent,
+    permalink_ok,
+)
 from qlevents.validation import INVALID_TEXT, INVALID_VALUE, Problem, convert_event
 
 _encode: Final = msgspec.json.Encoder().encode
@@ -161,10 +166,10 @@ def group(events: Iterable[Any], client_key: str | None) -> tuple[Encoded, ...]:
         size += len(encoded[-1]) + 1
     if problems:
         raise EventValidationError(problems)
-    if len(encoded) > SERVER_MAX_EVENTS or size > SERVER_MAX_BYTES:
+    if len(encoded) > MAX_EVENTS_PER_REQUEST or size > MAX_BODY_BYTES:
         raise ClientError(
             f"{len(encoded)} events of {size} bytes cannot travel in one request (the limits"
-            f" are {SERVER_MAX_EVENTS} events and {SERVER_MAX_BYTES} bytes); give fewer at once."
+            f" are {MAX_EVENTS_PER_REQUEST} events and {MAX_BODY_BYTES} bytes); give fewer at once."
         )
     return tuple(encoded)
 

@@ -8,13 +8,11 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from qlevents._exceptions import ClientError
-from qlevents.events import ErrorEntry
+from qlevents.events import MAX_BODY_BYTES, MAX_EVENTS_PER_REQUEST, ErrorEntry
 
 #: The endpoint the spec names; an account may be homed elsewhere (Settings > Integration).
 DEFAULT_ENDPOINT: Final = "https://evt.quicklizard.com/events"
 #: The server's limits per request (docs/api.md); a group of events must fit in one request.
-SERVER_MAX_EVENTS: Final = 1000
-SERVER_MAX_BYTES: Final = 5 * 1024 * 1024
 
 #: ``on_failure(event, errors)``: an event the server refused or that could not be delivered.
 FailureCallback = Callable[[dict[str, Any], Sequence[ErrorEntry]], None]
@@ -72,14 +70,14 @@ class Options:
                 raise ClientError(f"{name} must be 0 or more seconds; got {value!r}")
         if self.max_queue_size < 1:
             raise ClientError(f"max_queue_size must be 1 or more; got {self.max_queue_size!r}")
-        if not 1 <= self.max_batch_events <= SERVER_MAX_EVENTS:
+        if not 1 <= self.max_batch_events <= MAX_EVENTS_PER_REQUEST:
             raise ClientError(
-                f"max_batch_events must be from 1 to {SERVER_MAX_EVENTS} (the server's limit);"
+                f"max_batch_events must be from 1 to {MAX_EVENTS_PER_REQUEST} (the server's limit);"
                 f" got {self.max_batch_events!r}"
             )
-        if not 1024 <= self.max_batch_bytes <= SERVER_MAX_BYTES:
+        if not 1024 <= self.max_batch_bytes <= MAX_BODY_BYTES:
             raise ClientError(
-                f"max_batch_bytes must be from 1024 to {SERVER_MAX_BYTES} (the server's limit);"
+                f"max_batch_bytes must be from 1024 to {MAX_BODY_BYTES} (the server's limit);"
                 f" got {self.max_batch_bytes!r}"
             )
         if not self.endpoint.lower().startswith(("http://", "https://")):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from qlevents import __version__
+from qlevents._version import __version__
 
 if TYPE_CHECKING:  # httpx is imported when first used: it takes ~40 ms (rich, click...)
     import httpx

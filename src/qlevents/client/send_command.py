@@ -21,8 +21,8 @@ import msgspec
 from qlevents._exceptions import QleventsError, TransportError
 from qlevents.client._build import body
 from qlevents.client._client import Client
-from qlevents.client._config import DEFAULT_ENDPOINT, SERVER_MAX_EVENTS
-from qlevents.events import ConversionEvent, ViewEvent
+from qlevents.client._config import DEFAULT_ENDPOINT
+from qlevents.events import MAX_EVENTS_PER_REQUEST, ConversionEvent, ViewEvent
 from qlevents.validation import convert_event
 
 _decode: Final = msgspec.json.decode
@@ -116,8 +116,8 @@ def _chunks(
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    if not 1 <= args.batch_size <= SERVER_MAX_EVENTS:
-        raise _error(f"--batch-size must be from 1 to {SERVER_MAX_EVENTS}", exit_code=2)
+    if not 1 <= args.batch_size <= MAX_EVENTS_PER_REQUEST:
+        raise _error(f"--batch-size must be from 1 to {MAX_EVENTS_PER_REQUEST}", exit_code=2)
     endpoint = args.endpoint or os.environ.get("QLEVENTS_ENDPOINT") or DEFAULT_ENDPOINT
     key = args.client_key or os.environ.get("QLEVENTS_CLIENT_KEY") or ""
     given = _read(args.file)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Final
 
+from qlevents.events import MAX_BODY_BYTES, MAX_EVENTS_PER_REQUEST
+
 DEFAULT_DATA_DIR: Final = "./qlevents-data"
-DEFAULT_MAX_BODY_BYTES: Final = 5 * 1024 * 1024
-DEFAULT_MAX_EVENTS: Final = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,9 +21,9 @@ class Settings:
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     endpoint_url: str = "http://127.0.0.1:8080/events"
     #: Largest request body, after gzip decompression (bytes).
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_body_bytes: int = MAX_BODY_BYTES
     #: Most events in one request.
-    max_events: int = DEFAULT_MAX_EVENTS
+    max_events: int = MAX_EVENTS_PER_REQUEST
     #: Bearer token of the admin API; empty disables the admin API.
     admin_token: str = ""
     #: SQLite synchronous mode: FULL (default; every acknowledged write fsync'd) or EXTRA.

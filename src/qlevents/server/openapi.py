@@ -13,8 +13,8 @@ from typing import Any
 
 import msgspec
 
-from qlevents import __version__
-from qlevents.events import Event, EventsResponse
+from qlevents._version import __version__
+from qlevents.events import MAX_EVENTS_PER_REQUEST, Event, EventsResponse
 
 _REF = "#/components/schemas/{name}"
 
@@ -43,7 +43,7 @@ def build() -> dict[str, Any]:
     components["EventBatch"] = {
         "description": "A JSON array of events, or a single event object (a batch of one).",
         "oneOf": [
-            {"type": "array", "items": event_schema, "maxItems": 1000},
+            {"type": "array", "items": event_schema, "maxItems": MAX_EVENTS_PER_REQUEST},
             event_schema,
         ],
     }

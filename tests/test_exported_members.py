@@ -20,6 +20,7 @@ def test_all_is_pinned() -> None:
         "QleventsError",
         "SendResult",
         "StoreError",
+        "StoreOutcomeUnknownError",
         "StoreUnavailableError",
         "Transport",
         "TransportError",

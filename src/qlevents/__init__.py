@@ -8,6 +8,7 @@ from qlevents._exceptions import (
     EventValidationError,
     QleventsError,
     StoreError,
+    StoreOutcomeUnknownError,
     StoreUnavailableError,
     TransportError,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "QleventsError",
     "SendResult",
     "StoreError",
+    "StoreOutcomeUnknownError",
     "StoreUnavailableError",
     "Transport",
     "TransportError",

@@ -9,6 +9,7 @@ One base for the whole package, so ``except qlevents.QleventsError`` catches all
      ├── TransportError              a request could not be completed (network, timeout, 5xx)
      └── StoreError                  the event store failed
           └── StoreUnavailableError   the store cannot take a write right now (the API answers 503)
+               └── StoreOutcomeUnknownError  the store cannot tell whether a write was stored
 """
 
 from __future__ import annotations
@@ -54,3 +55,8 @@ class StoreUnavailableError(StoreError):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class StoreOutcomeUnknownError(StoreUnavailableError):
+    """The store cannot tell whether the write was stored (it timed out waiting for the
+    acknowledgement); a retry with the same idempotency key finds out without storing twice."""

@@ -112,25 +112,36 @@ def cmd_accounts(args: argparse.Namespace) -> int:
 
 
 def cmd_events_export(args: argparse.Namespace) -> int:
+    import asyncio
+
     import msgspec
 
-    from qlevents.store.sqlite import SQLiteEventStore
+    from qlevents.settings import from_env
+    from qlevents.store.factory import StoreSettings, build_store
 
-    path = _data_dir(args) / "events.sqlite3"
-    if not path.exists():
-        raise CommandError(f"no event store at {path}; is --data-dir right?")
-    store = SQLiteEventStore(path)
+    store = build_store(from_env(StoreSettings), _data_dir(args), read_only=True)
     encoder = msgspec.json.Encoder()
     out = sys.stdout.buffer
-    position = args.after
-    while True:
-        batch = store.read_sync(position, 5000, args.client_key)
-        for position, event in batch:  # noqa: B007 - the last position carries on
-            out.write(encoder.encode(event) + b"\n")
-        if len(batch) < 5000:
-            break
+
+    async def export() -> None:
+        await store.open()
+        try:
+            position = args.after
+            while True:
+                batch = await store.read(position, _EXPORT_PAGE, args.client_key)
+                for position, event in batch:  # noqa: B007 - the last position carries on
+                    out.write(encoder.encode(event) + b"\n")
+                if len(batch) < _EXPORT_PAGE:
+                    break
+        finally:
+            await store.close()
+
+    asyncio.run(export())
     out.flush()
     return 0
+
+
+_EXPORT_PAGE = 5000
 
 
 # --- serve ---------------------------------------------------------------------------------
@@ -142,6 +153,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         from qlevents.server.config import Settings
         from qlevents.server.run import run_server
+        from qlevents.store.factory import StoreSettings
     except ImportError as exc:
         raise CommandError(
             f"'qlevents serve' needs the server extra ({exc.name} is missing):"
@@ -164,8 +176,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         max_events=args.max_events,
         admin_token=admin_token,
-        synchronous=args.synchronous,
-        store=args.store,
+        storage=StoreSettings(store=args.store, synchronous=args.synchronous),
         access_log=not args.no_access_log and args.log_level != "warning",
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,

@@ -28,30 +28,14 @@ from qlevents.server.ratelimit import RateLimiter
 from qlevents.server.responses import send_body, send_json, send_request_error
 from qlevents.server.types import Receive, Scope, Send
 from qlevents.store.base import EventStore
-from qlevents.store.memory import MemoryEventStore
+from qlevents.store.factory import build_store
 
 log: Final = logging.getLogger("qlevents.server")
-EVENTS_FILE: Final = "events.sqlite3"
 
 
 def _printable(text: str) -> str:
     # One log line per request, always: control characters in what a client sent are escaped.
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
-
-
-def build_store(settings: Settings, metrics: Metrics) -> EventStore:
-    if settings.store == "memory":
-        return MemoryEventStore()
-    if settings.store != "sqlite":
-        raise ValueError(f"unknown store {settings.store!r}; use sqlite or memory")
-    from qlevents.store.sqlite import SQLiteEventStore
-
-    return SQLiteEventStore(
-        settings.data_dir / EVENTS_FILE,
-        synchronous=settings.synchronous,
-        max_pending_events=settings.max_pending_events,
-        observer=metrics.commit,
-    )
 
 
 class EventsApp:
@@ -62,7 +46,11 @@ class EventsApp:
             raise ValueError("the admin token must not look like a client key; generate a new one")
         self.settings = settings
         self.metrics = Metrics()
-        self.store = store if store is not None else build_store(settings, self.metrics)
+        self.store = (
+            store
+            if store is not None
+            else build_store(settings.storage, settings.data_dir, observer=self.metrics.commit)
+        )
         self.directory = AccountDirectory(AccountBook(settings.data_dir), settings.endpoint_url)
         self.limiter = RateLimiter(
             settings.rate_limit, settings.rate_burst, share=1 / max(1, settings.workers)

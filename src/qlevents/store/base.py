@@ -1,8 +1,36 @@
-"""The event store seam: one small interface, implemented in memory, on SQLite (and later NATS).
+"""The event store seam: one small interface, with an in-memory, an SQLite (and a JetStream)
+implementation behind it. The API code only sees :class:`EventStore`.
 
-The API code only sees :class:`EventStore`. An implementation must make ``append`` atomic
-(all events of a call, or none) and durable before it returns, and must apply the
-idempotency record in the same atomic step as the events.
+The contract, written so that a store without SQLite's transactions can meet it:
+
+**Atomic.** The events of one ``append`` become readable together or never: no reader, at
+any time, sees some of them without the others, and none of them is ever stored twice by
+the store's own retries. (SQLite: one transaction. A replicated log: one atomic batch, or
+one message holding the batch.)
+
+**Durable.** ``append`` returns only after its events survive what the store is built to
+survive: SQLite, a crash of the process or the machine (WAL, fsync'd); a replicated log, the
+loss of any minority of its servers (acknowledged by a quorum, each having fsync'd).
+
+**Idempotent.** An ``append`` with an :class:`IdempotencyRecord` claims its (scope, key) in
+the same atomic step as its events. For at least :data:`IDEMPOTENCY_TTL` after a claim,
+every other ``append`` with that (scope, key) stores nothing and returns the first claim's
+:class:`Replay`, whichever server or process it reaches. (A store may remember a key
+longer, never shorter.)
+
+**When the store cannot tell.** ``append`` raises :class:`~qlevents.StoreUnavailableError`
+when it knows that nothing was stored. When it cannot know (a write that timed out may still
+commit once a quorum returns) it raises :class:`~qlevents.StoreOutcomeUnknownError`: the API
+answers 503 all the same, and a retry with the same Idempotency-Key is then answered as a
+replay if the first attempt did commit. It never answers success for a write it did not see
+acknowledged, and never raises for a write that was stored and acknowledged.
+
+**Positions.** Every stored event has a position: an integer, increasing in the order the
+events became readable, never reused, stable for as long as the event is kept (a reader
+resumes after the last position it saw). Positions need not be consecutive.
+
+**Read-only use.** A store built for reading (``qlevents events export``) must not create
+anything: ``open`` connects to what exists; ``append`` is not called.
 """
 
 from __future__ import annotations
@@ -13,7 +41,7 @@ from dataclasses import dataclass
 
 from qlevents.events import StoredEvent
 
-#: How long an idempotency key is remembered (seconds).
+#: How long an idempotency key is remembered at least (seconds).
 IDEMPOTENCY_TTL = 24 * 3600.0
 
 
@@ -51,10 +79,10 @@ CommitObserver = Callable[[CommitStats], None]
 
 
 class EventStore(abc.ABC):
-    """Where accepted events go. Positions are increasing integers, starting after 0."""
+    """Where accepted events go; the contract is in this module's docstring."""
 
     async def open(self) -> None:  # noqa: B027 - optional hook
-        """Prepare the store for use."""
+        """Prepare the store for use: called once, before any other method."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Finish pending writes and release resources."""
@@ -65,9 +93,10 @@ class EventStore(abc.ABC):
     ) -> Replay | None:
         """Store ``events`` atomically and durably, then return None.
 
-        With an ``idempotency`` record whose (scope, key) was stored less than
+        With an ``idempotency`` record whose (scope, key) was claimed less than
         :data:`IDEMPOTENCY_TTL` ago, store nothing and return the earlier :class:`Replay`.
-        Raises :class:`~qlevents.StoreUnavailableError` when nothing could be stored.
+        Raises :class:`~qlevents.StoreUnavailableError` when nothing was stored, and its
+        subclass :class:`~qlevents.StoreOutcomeUnknownError` when the store cannot tell.
         """
 
     async def find_replay(self, scope: str, key: str) -> Replay | None:
@@ -83,8 +112,10 @@ class EventStore(abc.ABC):
     async def read(
         self, after: int = 0, limit: int = 1000, client_key: str | None = None
     ) -> list[tuple[int, StoredEvent]]:
-        """Up to ``limit`` stored events at positions after ``after``, oldest first."""
+        """Up to ``limit`` stored events at positions after ``after``, oldest first, each
+        with its position; only ``client_key``'s events when it is given."""
 
     @abc.abstractmethod
     async def check_writable(self) -> None:
-        """Raise :class:`~qlevents.StoreUnavailableError` unless a write would succeed now."""
+        """Raise :class:`~qlevents.StoreUnavailableError` unless a write would succeed now
+        (the readiness probe)."""

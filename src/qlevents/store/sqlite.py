@@ -85,10 +85,13 @@ class SQLiteEventStore(EventStore):
         observer: CommitObserver | None = None,
         wal_reset_pages: int = WAL_RESET_PAGES,
         busy_timeout_ms: int = 5000,
+        read_only: bool = False,
     ) -> None:
         if synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
             raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
         self.path = Path(path)
+        #: Only reads (the CLI's export): open() starts no writer and creates nothing.
+        self.read_only = read_only
         self._synchronous = synchronous.upper()
         self._max_pending_events = max_pending_events
         self._observer = observer
@@ -113,7 +116,8 @@ class SQLiteEventStore(EventStore):
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._closing = False
-        await self._start_writer()
+        if not self.read_only:
+            await self._start_writer()
 
     async def _start_writer(self) -> None:
         loop = asyncio.get_running_loop()

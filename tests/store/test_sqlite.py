@@ -1,4 +1,4 @@
-"""The EventStore contract, run against every implementation (memory and SQLite)."""
+"""The SQLite store: group commit, its writer process, locks, the WAL, faults."""
 
 from __future__ import annotations
 
@@ -9,15 +9,13 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from qlevents import StoreUnavailableError
 from qlevents.events import StoredEvent
-from qlevents.store import EventStore, IdempotencyRecord, MemoryEventStore, Replay
-from qlevents.store.base import CommitStats
+from qlevents.store.base import CommitStats, Replay
 from qlevents.store.sqlite import SQLiteEventStore
 from qlevents.store.sqlite_db import insert_values, row_values
 from qlevents.store.sqlite_writer import (
@@ -28,107 +26,15 @@ from qlevents.store.sqlite_writer import (
     AppendMessage,
     Writer,
 )
+from tests.store.events import record, stored
 from tests.support import child_pids
 
 pytestmark = pytest.mark.anyio
 
 
-def stored(n: int, client_key: str = "k1", prefix: str = "e") -> list[StoredEvent]:
-    return [
-        StoredEvent(
-            id=f"{prefix}{i}",
-            received_at="2026-11-27T00:00:00.000000Z",
-            client_key=client_key,
-            event="view" if i % 2 == 0 else "conversion",
-            product_id=f"p{i}",
-            price=float(i) + 0.5,
-            units=None if i % 2 == 0 else 2,
-            vid=None,
-            permalink="https://shop.example/p" if i % 2 == 0 else None,
-            tags=["t"],
-            channels=["online"],
-        )
-        for i in range(n)
-    ]
-
-
 def row_values_text(event: StoredEvent) -> str:
     """Roughly what a row costs in the WAL: its values as text."""
     return "".join(str(value) for value in row_values(event))
-
-
-def record(
-    key: str = "key-1", fingerprint: bytes = b"f1", response: bytes = b"{}"
-) -> IdempotencyRecord:
-    return IdempotencyRecord(scope="k1", key=key, fingerprint=fingerprint, response=response)
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventStore]:
-    impl: EventStore = (
-        MemoryEventStore() if request.param == "memory" else SQLiteEventStore(tmp_path / "e.db")
-    )
-    await impl.open()
-    yield impl
-    await impl.close()
-
-
-class TestAppendAndRead:
-    async def test_reads_back_what_was_appended_in_order(self, store: EventStore) -> None:
-        """Appended events come back whole, oldest first, with increasing positions."""
-        events = stored(5)
-        assert await store.append(events[:2]) is None
-        assert await store.append(events[2:]) is None
-        got = await store.read()
-        assert [e for _, e in got] == events
-        positions = [p for p, _ in got]
-        assert positions == sorted(positions) and len(set(positions)) == 5
-
-    async def test_reads_after_a_position_with_a_limit(self, store: EventStore) -> None:
-        """read(after, limit) pages through the log."""
-        await store.append(stored(10))
-        first = await store.read(limit=4)
-        rest = await store.read(after=first[-1][0], limit=100)
-        assert [e.id for _, e in first + rest] == [f"e{i}" for i in range(10)]
-
-    async def test_filters_by_client_key(self, store: EventStore) -> None:
-        """read(client_key=...) returns only that account's events."""
-        await store.append(stored(3, "k1", "a") + stored(2, "k2", "b"))
-        got = await store.read(client_key="k2")
-        assert [e.id for _, e in got] == ["b0", "b1"]
-
-
-class TestIdempotency:
-    async def test_second_append_with_same_key_stores_nothing(self, store: EventStore) -> None:
-        """The same (scope, key) returns the first answer and stores nothing again."""
-        assert await store.append(stored(2), record(response=b"first")) is None
-        replay = await store.append(stored(2, prefix="x"), record(response=b"second"))
-        assert replay == Replay(fingerprint=b"f1", response=b"first")
-        assert len(await store.read()) == 2
-
-    async def test_keys_are_scoped_per_account(self, store: EventStore) -> None:
-        """The same key under another account is a different request."""
-        await store.append(stored(1), record())
-        other = IdempotencyRecord(scope="k2", key="key-1", fingerprint=b"f", response=b"")
-        assert await store.append(stored(1, "k2", "b"), other) is None
-        assert len(await store.read()) == 2
-
-    async def test_a_used_key_can_be_looked_up(self, store: EventStore) -> None:
-        """find_replay answers for a key stored by append, and only for its account."""
-        assert await store.find_replay("k1", "key-1") is None
-        await store.append(stored(1), record(response=b"first"))
-        assert await store.find_replay("k1", "key-1") == Replay(b"f1", b"first")
-        assert await store.find_replay("k2", "key-1") is None
-        assert await store.find_replay("k1", "key-2") is None
-
-    async def test_concurrent_duplicates_store_once(self, store: EventStore) -> None:
-        """Two appends with one key in flight together: one stores, the other replays."""
-        results = await asyncio.gather(
-            store.append(stored(3), record(response=b"a")),
-            store.append(stored(3, prefix="y"), record(response=b"b")),
-        )
-        assert sorted(r is None for r in results) == [False, True]
-        assert len(await store.read()) == 3
 
 
 class TestSQLiteGroupCommit:

@@ -29,6 +29,7 @@ from typing import BinaryIO, Final
 
 from qlevents._exceptions import StoreUnavailableError
 from qlevents.events import StoredEvent
+from qlevents.sqlite_schema import check_readable
 from qlevents.store.base import (
     IDEMPOTENCY_TTL,
     CommitObserver,
@@ -37,7 +38,7 @@ from qlevents.store.base import (
     IdempotencyRecord,
     Replay,
 )
-from qlevents.store.sqlite_db import COLUMNS, connect, insert_values, row_event
+from qlevents.store.sqlite_db import COLUMNS, MIGRATIONS, connect, insert_values, row_event
 from qlevents.store.sqlite_writer import (
     HEADER,
     WAL_RESET_PAGES,
@@ -322,6 +323,7 @@ class SQLiteEventStore(EventStore):
             return []
         conn = connect(self.path, readonly=True)
         try:
+            check_readable(conn, f"the event store {self.path}", len(MIGRATIONS))
             if client_key is None:
                 rows = conn.execute(
                     f"SELECT {COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",

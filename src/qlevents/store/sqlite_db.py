@@ -15,7 +15,10 @@ import msgspec
 
 from qlevents.events import StoredEvent
 
-SCHEMA: Final = """
+#: The events file's migrations (see :mod:`qlevents.sqlite_schema`): version 1 is the schema
+#: of release 0.1.0, which recorded no version.
+MIGRATIONS: Final = (
+    """
 CREATE TABLE IF NOT EXISTS events (
     position    INTEGER PRIMARY KEY,
     id          TEXT    NOT NULL,
@@ -39,7 +42,8 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (scope, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (created_at);
-"""
+""",
+)
 
 #: The columns an INSERT fills, in the order of :func:`row_values`.
 _INSERT_COLUMNS: Final = (

@@ -46,12 +46,13 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
+from qlevents.sqlite_schema import SchemaVersionError, migrate
 from qlevents.store.base import IDEMPOTENCY_TTL
 from qlevents.store.sqlite_db import (
     EXACT_ROWS,
     FIELDS,
     INSERT_ROWS,
-    SCHEMA,
+    MIGRATIONS,
     connect,
     statement_sizes,
 )
@@ -221,7 +222,7 @@ class Writer:
     def _set_up(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        conn.executescript(SCHEMA)
+        migrate(conn, f"the event store {self.path}", MIGRATIONS)
         # Checkpoints copy the WAL into the database and fsync it: left to SQLite they run
         # inside a commit every 1000 pages and stall the requests waiting on it. A thread of
         # their own does them beside the commits instead.
@@ -509,6 +510,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         writer.open()
+    except SchemaVersionError as exc:
+        _write_all(fd_out, frame(Started(error=str(exc))))
+        return 1
     except (sqlite3.Error, OSError) as exc:
         _write_all(fd_out, frame(Started(error=f"cannot open {args.path}: {exc}")))
         return 1

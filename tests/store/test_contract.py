@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from msgspec.structs import replace
 
 from qlevents.store import EventStore, IdempotencyRecord, Replay
 from tests.store.events import record, stored
@@ -107,3 +108,31 @@ class TestReadiness:
     async def test_an_open_store_is_writable(self, store: EventStore) -> None:
         """check_writable passes on an open, healthy store."""
         await store.check_writable()
+
+
+class TestPrune:
+    async def test_removes_the_old_prefix_and_keeps_positions(self, store: EventStore) -> None:
+        """Events received before the cut go; the others keep their positions."""
+        old = [replace(e, received_at="2026-01-01T00:00:00.000000Z") for e in stored(3, "k1", "o")]
+        await store.append(old)
+        await store.append(stored(2, "k1", "n"))
+        before = await store.read()
+        pruned = await store.prune("2026-06-01T00:00:00.000000Z")
+        assert (pruned.events, pruned.through) == (3, before[2][0])
+        assert await store.read() == before[3:]
+        assert await store.read(after=before[0][0]) == before[3:]
+
+    async def test_nothing_old_prunes_nothing(self, store: EventStore) -> None:
+        """A cut before every event removes nothing."""
+        await store.append(stored(2))
+        pruned = await store.prune("2000-01-01T00:00:00.000000Z")
+        assert (pruned.events, pruned.through) == (0, 0)
+        assert len(await store.read()) == 2
+
+    async def test_a_retry_of_a_pruned_request_is_still_a_replay(self, store: EventStore) -> None:
+        """Idempotency claims outlive their pruned events: nothing is stored twice."""
+        old = [replace(e, received_at="2026-01-01T00:00:00.000000Z") for e in stored(2)]
+        await store.append(old, record(response=b"first"))
+        await store.prune("2026-06-01T00:00:00.000000Z")
+        assert await store.append(old, record()) == Replay(b"f1", b"first")
+        assert await store.read() == []

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from qlevents import StoreUnavailableError
@@ -30,6 +31,11 @@ from tests.store.events import record, stored
 from tests.support import child_pids
 
 pytestmark = pytest.mark.anyio
+
+
+def at(received_at: str, events: list[StoredEvent]) -> list[StoredEvent]:
+    """``events`` as if received at ``received_at``."""
+    return [msgspec.structs.replace(e, received_at=received_at) for e in events]
 
 
 def row_values_text(event: StoredEvent) -> str:
@@ -493,5 +499,42 @@ class TestSQLiteWriterProcess:
             assert sum(r is None for r in first) == 7  # one per key; the others replayed
             assert all(r == Replay(b"f1", b"{}") for r in first if r is not None)
             assert len(await store.read(limit=100_000)) == 7 * 300
+        finally:
+            await store.close()
+
+
+class TestSQLitePrune:
+    async def test_prune_gives_the_space_back(self, tmp_path: Path) -> None:
+        """A new file shrinks after a prune (auto_vacuum=INCREMENTAL)."""
+        path = tmp_path / "e.db"
+        store = SQLiteEventStore(path)
+        await store.open()
+        try:
+            for _ in range(20):
+                await store.append(stored(500))
+        finally:
+            await store.close()
+        size = path.stat().st_size
+        pruned = SQLiteEventStore(path).prune_sync("2099-01-01T00:00:00.000000Z")
+        assert pruned.events == 10_000
+        assert path.stat().st_size < size / 4
+        assert SQLiteEventStore(path).read_sync() == []
+
+    async def test_a_retention_period_prunes_old_events_at_open(self, tmp_path: Path) -> None:
+        """With retain_seconds, events older than the period are pruned while serving."""
+        path = tmp_path / "e.db"
+        writer = SQLiteEventStore(path)
+        await writer.open()
+        await writer.append(at("2020-01-01T00:00:00.000000Z", stored(3, prefix="old")))
+        await writer.close()
+        store = SQLiteEventStore(path, retain_seconds=86_400)
+        await store.open()
+        try:
+            await store.append(at("2099-01-01T00:00:00.000000Z", stored(1, prefix="new")))
+            for _ in range(200):
+                if [e.id for _, e in await store.read()] == ["new0"]:
+                    break
+                await asyncio.sleep(0.02)
+            assert [e.id for _, e in await store.read()] == ["new0"]
         finally:
             await store.close()

@@ -29,6 +29,11 @@ acknowledged, and never raises for a write that was stored and acknowledged.
 events became readable, never reused, stable for as long as the event is kept (a reader
 resumes after the last position it saw). Positions need not be consecutive.
 
+**Pruning.** ``prune`` removes the longest prefix of the log whose events were all received
+before a time: what remains keeps its positions, and a reader that had not reached the
+pruned part resumes at the first event kept. Idempotency claims are not pruned with their
+events: a retry within 24 h is still answered as a replay and stores nothing again.
+
 **Read-only use.** A store built for reading (``qlevents events export``) must not create
 anything: ``open`` connects to what exists; ``append`` is not called.
 """
@@ -39,6 +44,7 @@ import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from qlevents._exceptions import StoreError
 from qlevents.events import StoredEvent
 
 #: How long an idempotency key is remembered at least (seconds).
@@ -78,6 +84,17 @@ class CommitStats:
 CommitObserver = Callable[[CommitStats], None]
 
 
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What ``prune`` removed."""
+
+    events: int
+    through: int
+    """The last position removed (0 if none)."""
+    bytes_freed: int | None = None
+    """Space given back to the file system, where the store can tell."""
+
+
 class EventStore(abc.ABC):
     """Where accepted events go; the contract is in this module's docstring."""
 
@@ -114,6 +131,11 @@ class EventStore(abc.ABC):
     ) -> list[tuple[int, StoredEvent]]:
         """Up to ``limit`` stored events at positions after ``after``, oldest first, each
         with its position; only ``client_key``'s events when it is given."""
+
+    async def prune(self, received_before: str) -> Pruned:
+        """Remove the longest prefix of the log whose events were received before
+        ``received_before`` (a UTC timestamp written like ``StoredEvent.received_at``)."""
+        raise StoreError(f"the {type(self).__name__} cannot prune events")
 
     @abc.abstractmethod
     async def check_writable(self) -> None:

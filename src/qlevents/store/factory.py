@@ -31,6 +31,8 @@ class StoreSettings(msgspec.Struct, frozen=True, kw_only=True):
     synchronous: Literal["FULL", "EXTRA"] = "FULL"
     #: Events SQLite may hold waiting for a commit before the API answers 503.
     max_pending_events: Annotated[int, msgspec.Meta(ge=1)] = 200_000
+    #: Days events are kept; older ones are pruned every hour (0: kept for ever).
+    retain_days: Annotated[float, msgspec.Meta(ge=0)] = 0.0
 
     def __post_init__(self) -> None:
         if self.store not in STORE_KINDS:
@@ -63,4 +65,5 @@ def build_store(
         max_pending_events=settings.max_pending_events,
         observer=observer,
         read_only=read_only,
+        retain_seconds=settings.retain_days * 86_400,
     )

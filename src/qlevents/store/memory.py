@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 
 from qlevents.events import StoredEvent
-from qlevents.store.base import IDEMPOTENCY_TTL, EventStore, IdempotencyRecord, Replay
+from qlevents.store.base import IDEMPOTENCY_TTL, EventStore, IdempotencyRecord, Pruned, Replay
 
 
 class MemoryEventStore(EventStore):
@@ -14,6 +14,7 @@ class MemoryEventStore(EventStore):
 
     def __init__(self) -> None:
         self._events: list[StoredEvent] = []
+        self._pruned = 0  # events removed from the front; positions stay as they were
         self._idempotency: dict[tuple[str, str], tuple[float, Replay]] = {}
 
     async def append(
@@ -39,12 +40,23 @@ class MemoryEventStore(EventStore):
         self, after: int = 0, limit: int = 1000, client_key: str | None = None
     ) -> list[tuple[int, StoredEvent]]:
         found: list[tuple[int, StoredEvent]] = []
-        for position, event in enumerate(self._events[after:], start=after + 1):
+        start = max(after - self._pruned, 0)
+        for position, event in enumerate(self._events[start:], start=start + 1 + self._pruned):
             if client_key is None or event.client_key == client_key:
                 found.append((position, event))
                 if len(found) == limit:
                     break
         return found
+
+    async def prune(self, received_before: str) -> Pruned:
+        count = 0
+        for event in self._events:
+            if event.received_at >= received_before:
+                break
+            count += 1
+        del self._events[:count]
+        self._pruned += count
+        return Pruned(events=count, through=self._pruned if count else 0)
 
     async def check_writable(self) -> None:
         return None

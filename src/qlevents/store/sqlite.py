@@ -24,6 +24,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -36,6 +37,7 @@ from qlevents.store.base import (
     CommitStats,
     EventStore,
     IdempotencyRecord,
+    Pruned,
     Replay,
 )
 from qlevents.store.sqlite_db import COLUMNS, MIGRATIONS, connect, insert_values, row_event
@@ -61,6 +63,10 @@ _F_SETPIPE_SZ: Final = 1031
 #: Events that make the appends waiting for the end of an event-loop iteration go to the
 #: writer at once: a few large requests are enough to start a commit with.
 _FLUSH_EVENTS: Final = 256
+#: How often a store with a retention period prunes (seconds).
+_RETENTION_INTERVAL: Final = 3600.0
+#: Rows one prune transaction deletes at most (the writer's commits wait for one of them).
+_PRUNE_ROWS: Final = 5000
 #: Waits between attempts to start a new writer after one died (seconds).
 _RESTART_DELAYS: Final = (0.1, 0.5, 1.0, 2.0, 5.0)
 
@@ -87,6 +93,7 @@ class SQLiteEventStore(EventStore):
         wal_reset_pages: int = WAL_RESET_PAGES,
         busy_timeout_ms: int = 5000,
         read_only: bool = False,
+        retain_seconds: float = 0.0,
     ) -> None:
         if synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
             raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
@@ -111,6 +118,9 @@ class SQLiteEventStore(EventStore):
         self._waiting: collections.deque[_Waiting] = collections.deque()
         self._pending_events = 0
         self._last_failure: tuple[float, str] | None = None
+        #: Events older than this are pruned every :data:`_RETENTION_INTERVAL` (0: kept).
+        self._retain_seconds = retain_seconds
+        self._retention: asyncio.Task[None] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -119,6 +129,8 @@ class SQLiteEventStore(EventStore):
         self._closing = False
         if not self.read_only:
             await self._start_writer()
+            if self._retain_seconds > 0:
+                self._retention = asyncio.create_task(self._retain(), name="qlevents-retention")
 
     async def _start_writer(self) -> None:
         loop = asyncio.get_running_loop()
@@ -177,6 +189,11 @@ class SQLiteEventStore(EventStore):
 
     async def close(self) -> None:
         self._closing = True
+        if self._retention is not None:
+            self._retention.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention
+            self._retention = None
         restarting = self._restarting
         if restarting is not None and not restarting.done():
             # A dead writer's successor is on its way: stop it, whatever stage it is at.
@@ -365,6 +382,74 @@ class SQLiteEventStore(EventStore):
             return None
         return Replay(bytes(row[0]), bytes(row[1]))
 
+    async def prune(self, received_before: str) -> Pruned:
+        return await asyncio.to_thread(self.prune_sync, received_before)
+
+    async def _retain(self) -> None:
+        """Prune what is older than the retention period, now and then every interval."""
+        while True:
+            cutoff = datetime.fromtimestamp(time.time() - self._retain_seconds, UTC)
+            try:
+                pruned = await self.prune(cutoff.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+            except StoreUnavailableError as exc:
+                log.warning("retention: %s; will try again", exc)
+            else:
+                if pruned.events:
+                    log.info(
+                        "retention: pruned %d events received before %s (%s bytes freed)",
+                        pruned.events,
+                        cutoff.isoformat(),
+                        pruned.bytes_freed,
+                    )
+            await asyncio.sleep(_RETENTION_INTERVAL)
+
+    def prune_sync(self, received_before: str, *, vacuum: bool = False) -> Pruned:
+        """``prune`` beside a running writer: short transactions of :data:`_PRUNE_ROWS` rows,
+        so commits wait at most one of them. ``vacuum``: rewrite the file afterwards (gives
+        a 0.1.0 file's space back; writes wait for the whole rewrite)."""
+        if not self.path.exists():
+            return Pruned(events=0, through=0, bytes_freed=0)
+        size_before = _file_bytes(self.path)
+        conn = connect(self.path, busy_timeout_ms=self._busy_timeout_ms)
+        deleted = through = 0
+        try:
+            check_readable(conn, f"the event store {self.path}", len(MIGRATIONS))
+            while True:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    rows = conn.execute(
+                        "SELECT position, received_at FROM events WHERE position > ?"
+                        " ORDER BY position LIMIT ?",
+                        (through, _PRUNE_ROWS),
+                    ).fetchall()
+                    old = 0
+                    while old < len(rows) and rows[old][1] < received_before:
+                        old += 1
+                    if old:
+                        conn.execute("DELETE FROM events WHERE position <= ?", (rows[old - 1][0],))
+                        through = rows[old - 1][0]
+                        deleted += old
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                if old < len(rows) or not rows:
+                    break
+            # Hand the freed pages back to the file system (a file made with auto_vacuum), a
+            # few MB per transaction. (executescript: execute() would move only one page.)
+            (incremental,) = conn.execute("PRAGMA auto_vacuum").fetchone()
+            while incremental and conn.execute("PRAGMA freelist_count").fetchone()[0]:
+                conn.executescript(f"PRAGMA incremental_vacuum({_PRUNE_ROWS});")
+            if vacuum:
+                conn.execute("VACUUM")
+            # Passive: the file shrinks once the WAL is copied back; never wait for the writer.
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"pruning the event store failed: {exc}") from exc
+        finally:
+            conn.close()
+        return Pruned(deleted, through, max(0, size_before - _file_bytes(self.path)))
+
     async def check_writable(self) -> None:
         if self._process is None:
             raise StoreUnavailableError("the event store is not open")
@@ -385,6 +470,12 @@ class SQLiteEventStore(EventStore):
                 conn.close()
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"the event store cannot take writes: {exc}") from exc
+
+
+def _file_bytes(path: Path) -> int:
+    """The database file's size with its WAL."""
+    wal = path.with_name(path.name + "-wal")
+    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
 
 
 class _Pipe:

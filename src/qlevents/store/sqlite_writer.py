@@ -220,6 +220,10 @@ class Writer:
         return conn
 
     def _set_up(self, conn: sqlite3.Connection) -> None:
+        # Pruned events give their pages back to the file system (``qlevents events prune``).
+        # Only a new file takes it (SQLite fixes it with the first table); 0.1.0's files
+        # reuse freed pages instead until ``prune --vacuum`` rewrites them.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         migrate(conn, f"the event store {self.path}", MIGRATIONS)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from qlevents.cli import main
+from qlevents.cli.send import _Progress
 from tests.client.conftest import product_ids
 from tests.support import RunningServer, conversion, free_port, view
 
@@ -85,6 +86,15 @@ class TestSendCommand:
         assert err.startswith("Error: ") and "Re-run the same command" in err
         assert "Traceback" not in err
 
+    @pytest.mark.parametrize("size", ["0", "1001"])
+    def test_batch_size_out_of_range_is_a_usage_error(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], size: str
+    ) -> None:
+        """--batch-size outside 1..1000 (the API's limit): exit 2 before anything is read."""
+        code = main(["send", str(tmp_path / "missing.ndjson"), "--batch-size", size])
+        assert code == 2
+        assert capsys.readouterr().err == "Error: --batch-size must be from 1 to 1000\n"
+
     @pytest.mark.parametrize(
         ("content", "says"),
         [(None, "cannot read"), ("{not json", "neither a JSON array nor NDJSON")],
@@ -104,7 +114,6 @@ class TestSendCommand:
 class TestProgress:
     def test_bar_on_a_terminal_silence_otherwise(self) -> None:
         """The progress bar is drawn only when stderr is a terminal."""
-        from qlevents.client.send_command import _Progress
 
         class Terminal(io.StringIO):
             def isatty(self) -> bool:

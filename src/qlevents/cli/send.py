@@ -3,6 +3,9 @@
 Each event is checked locally first (broken ones are reported, not sent). Each batch is
 sent with an Idempotency-Key derived from its body, so re-running the same backfill within
 24 hours stores nothing twice.
+
+Ships with the SDK's base install: it imports the SDK downward and, of the command line,
+only its error type.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from typing import IO, Any, Final
 import msgspec
 
 from qlevents._exceptions import QleventsError, TransportError
+from qlevents.cli.errors import CommandError
+from qlevents.client import DEFAULT_ENDPOINT, Client
 from qlevents.client._build import body
-from qlevents.client._client import Client
-from qlevents.client._config import DEFAULT_ENDPOINT
 from qlevents.events import MAX_EVENTS_PER_REQUEST, ConversionEvent, ViewEvent
 from qlevents.validation import convert_event
 
@@ -29,35 +32,30 @@ _decode: Final = msgspec.json.decode
 _encode: Final = msgspec.json.Encoder().encode
 
 
-def add_send_command(commands: Any, parser_class: type[argparse.ArgumentParser]) -> None:
-    """Add ``send`` to the ``qlevents`` command line (called by cli.build_parser)."""
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``send`` and its options."""
     send = commands.add_parser(
         "send", help="send a file of events (JSON array or NDJSON; - for stdin)"
     )
-    send.add_argument("file", help="a JSON array or NDJSON file of events; - reads stdin")
     send.add_argument(
-        "--endpoint", help=f"the events API URL (env QLEVENTS_ENDPOINT; default {DEFAULT_ENDPOINT})"
+        "file", metavar="FILE", help="a JSON array or NDJSON file of events; - reads stdin"
+    )
+    send.add_argument(
+        "--endpoint",
+        help=f"the events API URL (env QLEVENTS_ENDPOINT; default: {DEFAULT_ENDPOINT})",
     )
     send.add_argument(
         "--client-key", help="for events without one (env QLEVENTS_CLIENT_KEY)", default=None
     )
-    send.add_argument(
-        "--batch-size", type=int, default=500, help="events per request (default 500)"
-    )
+    send.add_argument("--batch-size", type=int, default=500, help="events per request")
     send.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     send.add_argument(
         "--retry-budget",
         type=float,
         default=60.0,
-        help="seconds to keep retrying one batch before giving up (default 60)",
+        help="seconds to keep retrying one batch before giving up",
     )
-    send.set_defaults(handler=cmd_send)
-
-
-def _error(message: str, exit_code: int = 1) -> Exception:
-    from qlevents.cli import CommandError
-
-    return CommandError(message, exit_code)
+    send.set_defaults(handler=run)
 
 
 def _read(path: str) -> list[Any]:
@@ -68,7 +66,7 @@ def _read(path: str) -> list[Any]:
             with open(path, "rb") as file:
                 data = file.read()
     except OSError as exc:
-        raise _error(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from exc
     text = data.lstrip()
     try:
         if text.startswith(b"["):
@@ -77,7 +75,7 @@ def _read(path: str) -> list[Any]:
             return events
         return [_decode(line) for line in data.splitlines() if line.strip()]
     except msgspec.DecodeError as exc:
-        raise _error(
+        raise CommandError(
             f"{path} is neither a JSON array nor NDJSON (one event per line): {exc}"
         ) from None
 
@@ -115,9 +113,10 @@ def _chunks(
         yield events[start : start + size]
 
 
-def cmd_send(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Check the file's events, send the valid ones in batches, print a summary."""
     if not 1 <= args.batch_size <= MAX_EVENTS_PER_REQUEST:
-        raise _error(f"--batch-size must be from 1 to {MAX_EVENTS_PER_REQUEST}", exit_code=2)
+        raise CommandError(f"--batch-size must be from 1 to {MAX_EVENTS_PER_REQUEST}", exit_code=2)
     endpoint = args.endpoint or os.environ.get("QLEVENTS_ENDPOINT") or DEFAULT_ENDPOINT
     key = args.client_key or os.environ.get("QLEVENTS_CLIENT_KEY") or ""
     given = _read(args.file)
@@ -149,7 +148,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             send_retry_budget=args.retry_budget,
         )
     except QleventsError as exc:
-        raise _error(str(exc), exit_code=2) from exc
+        raise CommandError(str(exc), exit_code=2) from exc
     try:
         for chunk in _chunks(valid, args.batch_size):
             digest = hashlib.blake2b(body([_encode(e) for e in chunk]), digest_size=16)
@@ -158,7 +157,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             except TransportError as exc:
                 progress.end()
                 _summary(processed, failed, requests, reasons, examples)
-                raise _error(
+                raise CommandError(
                     f"{exc}; {len(valid) - answered} events were not sent. Re-run the same"
                     " command: what was stored already is not stored twice."
                 ) from exc

@@ -20,9 +20,10 @@ from qlevents._exceptions import StoreUnavailableError
 from qlevents.accounts import KEY_PREFIX, AccountBook
 from qlevents.server.access_log import AccessLog
 from qlevents.server.admin import Admin
+from qlevents.server.body import ClientDisconnected
 from qlevents.server.config import Settings
 from qlevents.server.directory import AccountDirectory
-from qlevents.server.ingest import ClientDisconnected, Ingest
+from qlevents.server.ingest import Ingest
 from qlevents.server.metrics import CONTENT_TYPE, Metrics
 from qlevents.server.ratelimit import RateLimiter
 from qlevents.server.responses import send_body, send_json, send_request_error

@@ -1,4 +1,4 @@
-"""Sending answers, all in the contract's shape."""
+"""Sending answers, all in the contract's shape, and the refusal of a whole request."""
 
 from __future__ import annotations
 
@@ -11,6 +11,16 @@ from qlevents.server.types import Send
 
 JSON: Final = (b"content-type", b"application/json")
 encode: Final = msgspec.json.Encoder().encode
+
+
+class RequestRejected(Exception):
+    """The request as a whole cannot be taken; carries the status and the error entry."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
 async def send_body(
@@ -39,6 +49,7 @@ async def send_request_error(
     message: str,
     extra_headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
+    """An error of the events API, in the contract's ``{"processed", "failed", "errors"}``."""
     await send_body(send, status, request_error(code, message), extra_headers)
 
 

@@ -1,10 +1,12 @@
-"""Sending answers, all in the contract's shape, and the refusal of a whole request."""
+"""Answers: the events API's contract shape, the admin API's problem shape, and the refusal
+of a whole request that carries one."""
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import msgspec
+from starlette.responses import JSONResponse
 
 from qlevents.events import ErrorEntry, EventsResponse
 from qlevents.server.types import Send
@@ -53,5 +55,13 @@ async def send_request_error(
     await send_body(send, status, request_error(code, message), extra_headers)
 
 
-async def send_json(send: Send, status: int, value: object) -> None:
-    await send_body(send, status, encode(value))
+async def send_problem(send: Send, status: int, code: str, message: str) -> None:
+    """An error of the admin API: ``{"code", "message"}``."""
+    await send_body(send, status, encode({"code": code, "message": message}))
+
+
+class MsgspecJSONResponse(JSONResponse):
+    """A Starlette JSON answer encoded by msgspec, byte for byte as the rest of the service."""
+
+    def render(self, content: Any) -> bytes:
+        return encode(content)

@@ -70,19 +70,18 @@ class EventsApp:
     def __init__(self, settings: Settings, store: EventStore | None = None) -> None:
         if settings.admin_token.startswith(KEY_PREFIX):
             raise ValueError("the admin token must not look like a client key; generate a new one")
-        self.settings = settings
         self.metrics = Metrics()
         self.store = store if store is not None else build_store(settings, self.metrics)
         self.directory = AccountDirectory(AccountBook(settings.data_dir), settings.endpoint_url)
-        self.limiter = RateLimiter(
+        limiter = RateLimiter(
             settings.rate_limit, settings.rate_burst, share=1 / max(1, settings.workers)
         )
-        self.directory.listeners.append(self.limiter.update)
+        self.directory.listeners.append(limiter.update)
         self.ingest = Ingest(
             self.store,
             self.directory,
             self.metrics,
-            self.limiter,
+            limiter,
             max_body_bytes=settings.max_body_bytes,
             max_events=settings.max_events,
             max_inflight_requests=settings.max_inflight_requests,
@@ -100,7 +99,8 @@ class EventsApp:
         )
         self.admin_port = settings.admin_port
         self.routes = _table(
-            Route("/events", self.ingest, methods=["POST"]),  # taken before the table: _http
+            # POST /events is taken before the table (_http); the table answers 405 for the rest.
+            Route("/events", self.ingest, methods=["POST"]),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
             Route("/metrics", self.metrics_page, methods=["GET"]),
@@ -169,7 +169,7 @@ class EventsApp:
                 routes = self.admin_routes
         if path == "/events" and method == "POST" and routes is self.routes:
             # The hot path: straight to the table's endpoint, without the router (measured:
-            # docs/architecture.md), and with the outcome's counts for the access log.
+            # docs/architecture.md, "Costs on the request path"), with the outcome's counts.
             try:
                 outcome = await self.ingest(scope, receive, send)
             except ClientDisconnected:
@@ -216,7 +216,8 @@ class EventsApp:
         except HTTPException as exc:
             path, method = scope["path"], scope["method"]
             if exc.status_code == 405 and path == "/events":
-                await send_request_error(
+                await _send_error(
+                    scope,
                     send,
                     405,
                     "method_not_allowed",
@@ -272,7 +273,7 @@ async def _send_error(
 ) -> None:
     """An error answer in the shape of the API the request was for."""
     if scope["path"].startswith("/admin/"):
-        await send_problem(send, status, code, message)
+        await send_problem(send, status, code, message, headers)
     # Pages (the dashboard, mounted at /ui) will answer their errors in HTML here.
     else:
         await send_request_error(send, status, code, message, headers)

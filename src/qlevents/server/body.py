@@ -51,7 +51,14 @@ class BodyReader:
             if int(length) > self.max_body_bytes:
                 raise self._too_large(int(length), compressed=gzipped)
             self._hold(held, int(length))
-        body = await self._receive_all(receive)
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        body: bytes = message.get("body", b"")
+        if message.get("more_body", False):
+            body = await self._receive_rest(receive, body)
+        elif len(body) > self.max_body_bytes:
+            raise self._too_large(len(body))
         if length is None:
             self._hold(held, len(body))
         if gzipped:
@@ -90,18 +97,12 @@ class BodyReader:
             " bytes (after decompression). Split the events over several requests.",
         )
 
-    async def _receive_all(self, receive: Receive) -> bytes:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected
-        body: bytes = message.get("body", b"")
-        if not message.get("more_body", False):
-            if len(body) > self.max_body_bytes:
-                raise self._too_large(len(body))
-            return body
-        chunks = [body]
-        size = len(body)
-        while message.get("more_body", False):
+    async def _receive_rest(self, receive: Receive, first: bytes) -> bytes:
+        """The rest of a body that comes in several messages, after its ``first`` chunk."""
+        chunks = [first]
+        size = len(first)
+        more = True
+        while more:
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise ClientDisconnected
@@ -110,6 +111,7 @@ class BodyReader:
             if size > self.max_body_bytes:
                 raise self._too_large(size)
             chunks.append(chunk)
+            more = message.get("more_body", False)
         return b"".join(chunks)
 
     def _gunzip(self, body: bytes) -> bytes:

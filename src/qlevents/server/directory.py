@@ -1,4 +1,5 @@
-"""The server's in-memory view of the account book, kept fresh without a query per request.
+"""The server's in-memory view of the account book, kept fresh without a query per request,
+and the checks an event's account must pass.
 
 Each worker holds a snapshot (client key -> account). A background task asks SQLite every
 second whether another connection changed the book (``PRAGMA data_version``, a few µs) and

@@ -55,9 +55,15 @@ async def send_request_error(
     await send_body(send, status, request_error(code, message), extra_headers)
 
 
-async def send_problem(send: Send, status: int, code: str, message: str) -> None:
+async def send_problem(
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     """An error of the admin API: ``{"code", "message"}``."""
-    await send_body(send, status, encode({"code": code, "message": message}))
+    await send_body(send, status, encode({"code": code, "message": message}), extra_headers)
 
 
 class MsgspecJSONResponse(JSONResponse):

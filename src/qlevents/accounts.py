@@ -42,6 +42,10 @@ class AccountError(QleventsError):
     """An account operation was refused (unknown key, bad URL, bad name)."""
 
 
+class AccountNotFoundError(AccountError):
+    """No account has the client key an operation named."""
+
+
 @dataclass(frozen=True, slots=True)
 class Account:
     name: str
@@ -165,7 +169,7 @@ class AccountBook:
             (client_key,),
         ).fetchone()
         if row is None:
-            raise AccountError(f"no account has the client key {mask_key(client_key)!r}")
+            raise AccountNotFoundError(f"no account has the client key {mask_key(client_key)!r}")
         return Account(*row)
 
     def set_status(self, client_key: str, status: Status) -> Account:

@@ -126,6 +126,35 @@ class StoredEvent(Struct, kw_only=True, gc=False):
     tags: list[str] = []
     channels: list[str] = []
 
+    @classmethod
+    def from_event(cls, event: Event, event_id: str, received_at: str) -> StoredEvent:
+        """``event`` as accepted: with the id and receive time the server gave it."""
+        if isinstance(event, ViewEvent):
+            return cls(
+                id=event_id,
+                received_at=received_at,
+                client_key=event.client_key,
+                event="view",
+                product_id=event.product_id,
+                price=event.price,
+                vid=event.vid,
+                permalink=event.permalink,
+                tags=event.tags,
+                channels=event.channels,
+            )
+        return cls(
+            id=event_id,
+            received_at=received_at,
+            client_key=event.client_key,
+            event="conversion",
+            product_id=event.product_id,
+            price=event.price,
+            units=event.units,
+            vid=event.vid,
+            tags=event.tags,
+            channels=event.channels,
+        )
+
 
 class ErrorEntry(Struct, omit_defaults=True):
     """One problem in a request: ``index`` is the event's position, or null for the request."""

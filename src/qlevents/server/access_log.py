@@ -1,10 +1,10 @@
 """The access log: one line per request, written in batches.
 
-Going through :mod:`logging` cost ~9 µs per request (a LogRecord, a formatter, a write
-call each), as much as the whole rest of a single-event request. Here a line is one
-f-string appended to a list, and the lines of one event-loop iteration go out in one
-``write`` at the end of it. The format is the one the ``logging`` set-up of ``qlevents
-serve`` gives every other line, so the stream reads as one log.
+A line is one f-string appended to a list, and the lines of one event-loop iteration go out
+in one ``write`` at the end of it: :mod:`logging` costs a LogRecord, a formatter and a write
+per line (measured: docs/architecture.md, "Costs on the request path"). The format is the
+one the ``logging`` set-up of ``qlevents serve`` gives every other line, so the stream reads
+as one log.
 """
 
 from __future__ import annotations

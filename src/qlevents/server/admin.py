@@ -8,19 +8,25 @@
     POST /admin/accounts/{key}/move          {"endpoint": URL} home it on another installation
     POST /admin/accounts/{key}/limit         {"rate": events/s, "burst": events}; null: default
 
-Disabled (every route answers 404) unless an admin token is configured.
+Mounted at /admin (app.py) only when an admin token is configured. Every answer, errors
+included, is JSON; an error is ``{"code", "message"}``: 401 without the token, 404 for no such
+route or account, 400 for a body or value it refuses, 413 for a body over 64 KiB.
 """
 
 from __future__ import annotations
 
 import hmac
+from contextlib import aclosing
 from typing import Final
 
 import msgspec
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.routing import Route, Router
 
-from qlevents.accounts import ACTIVE, DISABLED, AccountError, Status
+from qlevents.accounts import ACTIVE, DISABLED, AccountError, AccountNotFoundError, Status
 from qlevents.server.directory import AccountDirectory
-from qlevents.server.responses import send_json
+from qlevents.server.responses import MsgspecJSONResponse, send_problem
 from qlevents.server.types import Receive, Scope, Send
 
 MAX_ADMIN_BODY: Final = 64 * 1024
@@ -40,10 +46,28 @@ class _Limit(msgspec.Struct, forbid_unknown_fields=True):
     burst: float | None = None
 
 
+class _BodyTooLarge(Exception):
+    pass
+
+
 class Admin:
+    """The admin API as an ASGI app: the token check, then its own route table."""
+
     def __init__(self, directory: AccountDirectory, token: str) -> None:
         self.directory = directory
         self._token = token.encode()
+        self.routes = Router(
+            [
+                Route("/accounts", self.list_accounts, methods=["GET"]),
+                Route("/accounts", self.add_account, methods=["POST"]),
+                Route("/accounts/{key}", self.show_account, methods=["GET"]),
+                Route("/accounts/{key}/disable", self.disable_account, methods=["POST"]),
+                Route("/accounts/{key}/enable", self.enable_account, methods=["POST"]),
+                Route("/accounts/{key}/move", self.move_account, methods=["POST"]),
+                Route("/accounts/{key}/limit", self.limit_account, methods=["POST"]),
+            ],
+            redirect_slashes=False,
+        )
 
     def authorized(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:
@@ -55,69 +79,80 @@ class Admin:
                 )
         return False
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> int:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.authorized(scope):
-            await send_json(
-                send,
-                401,
-                {"code": "unauthorized", "message": "send Authorization: Bearer <token>."},
-            )
-            return 401
-        parts = scope["path"].strip("/").split("/")  # ["admin", "accounts", key?, action?]
-        method = scope["method"]
-        local = self.directory.local_endpoint
+            await send_problem(send, 401, "unauthorized", "send Authorization: Bearer <token>.")
+            return
         try:
-            body = await _read_small_body(receive) if method == "POST" else b""
-            if parts == ["admin", "accounts"] and method == "GET":
-                accounts = [a.as_dict(local) for a in self.directory.book.all()]
-                return await _answer(send, 200, {"accounts": accounts})
-            if parts == ["admin", "accounts"] and method == "POST":
-                new = msgspec.json.decode(body, type=_NewAccount)
-                account = self.directory.change(lambda b: b.add(new.name, new.endpoint))
-                return await _answer(send, 201, account.as_dict(local))
-            if len(parts) == 3 and parts[:2] == ["admin", "accounts"] and method == "GET":
-                return await _answer(send, 200, self.directory.book.get(parts[2]).as_dict(local))
-            if len(parts) == 4 and parts[:2] == ["admin", "accounts"] and method == "POST":
-                key, action = parts[2], parts[3]
-                if action in ("disable", "enable"):
-                    new_status: Status = DISABLED if action == "disable" else ACTIVE
-                    account = self.directory.change(lambda b: b.set_status(key, new_status))
-                    return await _answer(send, 200, account.as_dict(local))
-                if action == "limit":
-                    limit = msgspec.json.decode(body, type=_Limit)
-                    account = self.directory.change(
-                        lambda b: b.set_limit(key, limit.rate, limit.burst)
-                    )
-                    return await _answer(send, 200, account.as_dict(local))
-                if action == "move":
-                    move = msgspec.json.decode(body, type=_Move)
-                    account = self.directory.change(lambda b: b.move(key, move.endpoint, local))
-                    return await _answer(send, 200, account.as_dict(local))
+            await self.routes(scope, receive, send)
+        except HTTPException:  # no such route, or not with this method
+            await send_problem(
+                send, 404, "not_found", f"no admin route {scope['method']} {scope['path']}"
+            )
+        except AccountNotFoundError as exc:
+            await send_problem(send, 404, "account_error", str(exc))
         except AccountError as exc:
-            code = 404 if "no account" in str(exc) else 400
-            return await _answer(send, code, {"code": "account_error", "message": str(exc)})
+            await send_problem(send, 400, "account_error", str(exc))
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return await _answer(send, 400, {"code": "invalid_body", "message": str(exc)})
-        return await _answer(
-            send, 404, {"code": "not_found", "message": f"no admin route {method} {scope['path']}"}
+            await send_problem(send, 400, "invalid_body", str(exc))
+        except _BodyTooLarge:
+            await send_problem(
+                send,
+                413,
+                "body_too_large",
+                f"the admin request body is larger than {MAX_ADMIN_BODY} bytes",
+            )
+
+    # --- the routes ----------------------------------------------------------------------
+
+    async def list_accounts(self, request: Request) -> MsgspecJSONResponse:
+        local = self.directory.local_endpoint
+        return MsgspecJSONResponse(
+            {"accounts": [a.as_dict(local) for a in self.directory.book.all()]}
         )
 
+    async def add_account(self, request: Request) -> MsgspecJSONResponse:
+        new = msgspec.json.decode(await _small_body(request), type=_NewAccount)
+        account = self.directory.change(lambda book: book.add(new.name, new.endpoint))
+        return MsgspecJSONResponse(account.as_dict(self.directory.local_endpoint), 201)
 
-async def _answer(send: Send, status: int, value: object) -> int:
-    await send_json(send, status, value)
-    return status
+    async def show_account(self, request: Request) -> MsgspecJSONResponse:
+        account = self.directory.book.get(request.path_params["key"])
+        return MsgspecJSONResponse(account.as_dict(self.directory.local_endpoint))
+
+    async def disable_account(self, request: Request) -> MsgspecJSONResponse:
+        return await self._set_status(request, DISABLED)
+
+    async def enable_account(self, request: Request) -> MsgspecJSONResponse:
+        return await self._set_status(request, ACTIVE)
+
+    async def move_account(self, request: Request) -> MsgspecJSONResponse:
+        move = msgspec.json.decode(await _small_body(request), type=_Move)
+        key, local = request.path_params["key"], self.directory.local_endpoint
+        account = self.directory.change(lambda book: book.move(key, move.endpoint, local))
+        return MsgspecJSONResponse(account.as_dict(local))
+
+    async def limit_account(self, request: Request) -> MsgspecJSONResponse:
+        limit = msgspec.json.decode(await _small_body(request), type=_Limit)
+        key = request.path_params["key"]
+        account = self.directory.change(lambda book: book.set_limit(key, limit.rate, limit.burst))
+        return MsgspecJSONResponse(account.as_dict(self.directory.local_endpoint))
+
+    async def _set_status(self, request: Request, status: Status) -> MsgspecJSONResponse:
+        await _small_body(request)  # none is needed, but one over the limit is still refused
+        key = request.path_params["key"]
+        account = self.directory.change(lambda book: book.set_status(key, status))
+        return MsgspecJSONResponse(account.as_dict(self.directory.local_endpoint))
 
 
-async def _read_small_body(receive: Receive) -> bytes:
+async def _small_body(request: Request) -> bytes:
+    """The request's body, refused past MAX_ADMIN_BODY bytes (413) without reading on."""
     chunks: list[bytes] = []
     size = 0
-    more = True
-    while more:
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_ADMIN_BODY:
-            raise AccountError(f"the admin request body is larger than {MAX_ADMIN_BODY} bytes")
-        chunks.append(chunk)
-        more = message.get("more_body", False)
+    async with aclosing(request.stream()) as stream:
+        async for chunk in stream:
+            size += len(chunk)
+            if size > MAX_ADMIN_BODY:
+                raise _BodyTooLarge
+            chunks.append(chunk)
     return b"".join(chunks)

@@ -1,11 +1,15 @@
-"""The ASGI application: routing, lifespan, the access log.
+"""The ASGI application: a route table per listener, lifespan, the access log and metrics.
 
-POST /events        ingest (see ingest.py)
+POST /events        ingest (ingest.py), taken before the table: the hot path
 GET  /healthz       the process is alive
 GET  /readyz        the store takes writes (503 if not)
 GET  /metrics       Prometheus
 GET  /openapi.json  the API contract
-*    /admin/...     the admin API (admin.py), when an admin token is set
+*    /admin/...     the admin API (admin.py), when an admin token is set; with --admin-port,
+                    on that listener alone, and nothing else there
+
+Errors the table finds (no route; 405 on /events) and bugs are answered in the shape of the
+API the request was for: the events contract's JSON, the admin API's problem JSON.
 """
 
 from __future__ import annotations
@@ -16,17 +20,23 @@ import time
 from importlib import resources
 from typing import Final
 
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route, Router
+
 from qlevents._exceptions import StoreUnavailableError
 from qlevents.accounts import KEY_PREFIX, AccountBook
 from qlevents.server.access_log import AccessLog
 from qlevents.server.admin import Admin
+from qlevents.server.body import ClientDisconnected
 from qlevents.server.config import Settings
 from qlevents.server.directory import AccountDirectory
-from qlevents.server.ingest import ClientDisconnected, Ingest
+from qlevents.server.ingest import Ingest
 from qlevents.server.metrics import CONTENT_TYPE, Metrics
 from qlevents.server.ratelimit import RateLimiter
-from qlevents.server.responses import send_body, send_json, send_request_error
-from qlevents.server.types import Receive, Scope, Send
+from qlevents.server.responses import MsgspecJSONResponse, send_problem, send_request_error
+from qlevents.server.types import Message, Receive, Scope, Send
 from qlevents.store.base import EventStore
 from qlevents.store.factory import build_store
 
@@ -44,7 +54,6 @@ class EventsApp:
     def __init__(self, settings: Settings, store: EventStore | None = None) -> None:
         if settings.admin_token.startswith(KEY_PREFIX):
             raise ValueError("the admin token must not look like a client key; generate a new one")
-        self.settings = settings
         self.metrics = Metrics()
         self.store = (
             store
@@ -52,24 +61,42 @@ class EventsApp:
             else build_store(settings.storage, settings.data_dir, observer=self.metrics.commit)
         )
         self.directory = AccountDirectory(AccountBook(settings.data_dir), settings.endpoint_url)
-        self.limiter = RateLimiter(
+        limiter = RateLimiter(
             settings.rate_limit, settings.rate_burst, share=1 / max(1, settings.workers)
         )
-        self.directory.listeners.append(self.limiter.update)
+        self.directory.listeners.append(limiter.update)
         self.ingest = Ingest(
             self.store,
             self.directory,
             self.metrics,
-            self.limiter,
+            limiter,
             max_body_bytes=settings.max_body_bytes,
             max_events=settings.max_events,
             max_inflight_requests=settings.max_inflight_requests,
             max_inflight_bytes=settings.max_inflight_bytes,
         )
-        self.admin = Admin(self.directory, settings.admin_token) if settings.admin_token else None
-        self.admin_port = settings.admin_port
         self.openapi = (resources.files("qlevents.server") / "openapi.json").read_bytes()
         self.access_log = AccessLog() if settings.access_log else None
+
+        # One route table per listener. With --admin-port the admin API has that listener to
+        # itself: its routes are there and nowhere else, and nothing else is there.
+        admin = (
+            [Mount("/admin", app=Admin(self.directory, settings.admin_token))]
+            if settings.admin_token
+            else []
+        )
+        self.admin_port = settings.admin_port
+        self.routes = _table(
+            # POST /events is taken before the table (_http); the table answers 405 for the rest.
+            Route("/events", self.ingest, methods=["POST"]),
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/readyz", self.readyz, methods=["GET"]),
+            Route("/metrics", self.metrics_page, methods=["GET"]),
+            Route("/openapi.json", self.openapi_page, methods=["GET"]),
+            *([] if self.admin_port else admin),
+            # Pages (the dashboard) will be a Mount("/ui", ...) here.
+        )
+        self.admin_routes = _table(*admin) if self.admin_port else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -77,14 +104,18 @@ class EventsApp:
             try:
                 await self._http(scope, receive, send)
             except Exception:
-                # A bug, not a client's doing: log it whole and still answer in the contract's
-                # shape (if the answer has not started; uvicorn closes the connection if it has).
+                # A bug, not a client's doing: log it whole and still answer in the API's shape
+                # (if the answer has not started; uvicorn closes the connection if it has).
                 log.exception(
                     "unhandled error on %s %s", scope["method"], _printable(scope["path"])
                 )
                 self.metrics.request("error", 500)
-                await send_request_error(
-                    send, 500, "internal_error", "the server failed on this request; retry later."
+                await _send_error(
+                    scope,
+                    send,
+                    500,
+                    "internal_error",
+                    "the server failed on this request; retry later.",
                 )
         elif kind == "lifespan":
             await self._lifespan(receive, send)
@@ -101,15 +132,9 @@ class EventsApp:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 # What start-up allocated lives as long as the process: keep it out of the
-                # collector's way (full collections otherwise walk it again and again).
+                # collector's way, and let requests finish before a collection ever scans them
+                # (measured: docs/architecture.md, "Garbage collection").
                 gc.freeze()
-                # Frozen objects do not count as long-lived, so with the default thresholds
-                # the in-flight requests of ~2,000 connections, promoted as they survived
-                # young collections, set off a full collection every ~250 ms: 20-65 ms each,
-                # collecting nothing (gc.callbacks, during a soak's overload phase). A larger
-                # first generation lets requests finish before they are ever scanned: GC time
-                # 6.8 -> 2.2 s over the same 90 s, 27% more requests answered, steady p99
-                # 12.7 -> 5.7 ms (10,000 gave 3.8 s).
                 gc.set_threshold(50_000, 20, 100)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -125,44 +150,27 @@ class EventsApp:
         started = time.perf_counter()
         path: str = scope["path"]
         method: str = scope["method"]
-        processed = failed = 0
-        target = path
-        if self.admin_port:
-            # The admin API has a listener of its own: only admin routes there, none here.
+        routes = self.routes
+        if self.admin_routes is not None:
             server = scope.get("server")
-            on_admin_port = server is not None and server[1] == self.admin_port
-            if on_admin_port != path.startswith("/admin/"):
-                target = ""  # answered 404 below
-        if target == "/events":
-            route = "/events"
-            if method == "POST":
-                try:
-                    outcome = await self.ingest(scope, receive, send)
-                except ClientDisconnected:
-                    return
-                status, processed, failed = outcome.status, outcome.processed, outcome.failed
-                self.metrics.request_seconds.observe(time.perf_counter() - started)
-            else:
-                status = 405
-                await send_request_error(
-                    send,
-                    405,
-                    "method_not_allowed",
-                    f"{method} is not allowed on /events; send events with POST.",
-                    [(b"allow", b"POST")],
-                )
-        elif target.startswith("/admin/") and self.admin is not None:
-            route = "/admin"
-            status = await self.admin(scope, receive, send)
-        elif method in ("GET", "HEAD") and target in _GET_ROUTES:
-            route = target
-            status = await getattr(self, _GET_ROUTES[target])(send)
+            if server is not None and server[1] == self.admin_port:
+                routes = self.admin_routes
+        if path == "/events" and method == "POST" and routes is self.routes:
+            # The hot path: straight to the table's endpoint, without the router (measured:
+            # docs/architecture.md, "Costs on the request path"), with the outcome's counts.
+            try:
+                outcome = await self.ingest(scope, receive, send)
+            except ClientDisconnected:
+                return
+            route, status = "/events", outcome.status
+            processed, failed = outcome.processed, outcome.failed
+            self.metrics.request_seconds.observe(time.perf_counter() - started)
         else:
-            route = "other"
-            status = 404
-            await send_request_error(
-                send, 404, "not_found", f"there is nothing at {method} {_printable(path)}."
-            )
+            routed = await self._route(routes, scope, receive, send)
+            if routed is None:
+                return
+            route, status = routed
+            processed = failed = 0
         self.metrics.request(route, status)
         if self.access_log is not None:
             self.access_log.line(
@@ -175,35 +183,88 @@ class EventsApp:
                 time.perf_counter() - started,
             )
 
-    async def healthz(self, send: Send) -> int:
-        await send_json(send, 200, {"status": "ok"})
-        return 200
+    async def _route(
+        self, routes: Router, scope: Scope, receive: Receive, send: Send
+    ) -> tuple[str, int] | None:
+        """Answer through the route table: the metrics' route label and the status, or None
+        if the client went away first."""
+        status = 0
 
-    async def readyz(self, send: Send) -> int:
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        # Naming the app in the scope makes Starlette's routers raise HTTPException for what
+        # they cannot route (instead of answering plain text): answered below, in our shapes.
+        scope["app"] = self
+        try:
+            await routes(scope, receive, sending)
+        except HTTPException as exc:
+            path, method = scope["path"], scope["method"]
+            if exc.status_code == 405 and path == "/events":
+                await _send_error(
+                    scope,
+                    send,
+                    405,
+                    "method_not_allowed",
+                    f"{method} is not allowed on /events; send events with POST.",
+                    [(b"allow", b"POST")],
+                )
+                return "/events", 405
+            # Elsewhere a method a path does not take finds nothing there, as a path does not.
+            await _send_error(
+                scope, send, 404, "not_found", f"there is nothing at {method} {_printable(path)}."
+            )
+            return "other", 404
+        except (ClientDisconnected, ClientDisconnect):
+            return None
+        return _route_label(scope["path"]), status
+
+    async def healthz(self, request: Request) -> Response:
+        return MsgspecJSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
         try:
             await self.store.check_writable()
         except StoreUnavailableError as exc:
-            await send_json(send, 503, {"status": "unavailable", "reason": str(exc)})
-            return 503
-        await send_json(send, 200, {"status": "ready"})
-        return 200
+            return MsgspecJSONResponse({"status": "unavailable", "reason": str(exc)}, 503)
+        return MsgspecJSONResponse({"status": "ready"})
 
-    async def metrics_page(self, send: Send) -> int:
-        body = self.metrics.exposition()
-        await send_body(send, 200, body, content_type=(b"content-type", CONTENT_TYPE.encode()))
-        return 200
+    async def metrics_page(self, request: Request) -> Response:
+        return Response(self.metrics.exposition(), media_type=CONTENT_TYPE)
 
-    async def openapi_page(self, send: Send) -> int:
-        await send_body(send, 200, self.openapi)
-        return 200
+    async def openapi_page(self, request: Request) -> Response:
+        return Response(self.openapi, media_type="application/json")
 
 
-_GET_ROUTES: Final = {
-    "/healthz": "healthz",
-    "/readyz": "readyz",
-    "/metrics": "metrics_page",
-    "/openapi.json": "openapi_page",
-}
+def _table(*routes: BaseRoute) -> Router:
+    return Router(list(routes), redirect_slashes=False)
+
+
+def _route_label(path: str) -> str:
+    """The metrics' label of a request the table took: its path's first segment, which names
+    the table's entry ("/healthz"; "/admin" for every admin route). The labels stay few as
+    long as no entry has a parameter in its first segment."""
+    end = path.find("/", 1)
+    return path if end < 0 else path[:end]
+
+
+async def _send_error(
+    scope: Scope,
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """An error answer in the shape of the API the request was for."""
+    if scope["path"].startswith("/admin/"):
+        await send_problem(send, status, code, message, headers)
+    # Pages (the dashboard, mounted at /ui) will answer their errors in HTML here.
+    else:
+        await send_request_error(send, status, code, message, headers)
 
 
 def create_app() -> EventsApp:

@@ -11,9 +11,8 @@ from typing import Final
 _INDEX_HEX: Final = [f"{i:04x}" for i in range(1 << 16)]
 
 
-#: Random bytes drawn from the OS 4 KiB at a time: one getrandom() per 512 requests. Under
-#: load a getrandom() per request measured ~13% of the event loop's time (py-spy), where
-#: the same call alone takes 0.35 µs.
+#: Random bytes drawn from the OS 4 KiB at a time: one getrandom() per 512 requests, not one
+#: per request (measured: docs/architecture.md, "Costs on the request path").
 _POOL_BYTES: Final = 4096
 _pool = b""
 _pool_at = 0

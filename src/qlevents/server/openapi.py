@@ -73,6 +73,7 @@ def build() -> dict[str, Any]:
         "security": [{"adminToken": []}],
     }
     admin_errors = {"401": admin_error, "404": admin_error}
+    too_large = {"413": {"description": "The body is over 64 KiB.", "content": _json("AdminError")}}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -207,6 +208,7 @@ def build() -> dict[str, Any]:
                         "201": {"description": "Created.", "content": _json("Account")},
                         "400": admin_error,
                         "401": admin_error,
+                        **too_large,
                     },
                 },
             },
@@ -224,7 +226,7 @@ def build() -> dict[str, Any]:
                         **admin_common,
                         "operationId": f"{action}Account",
                         "parameters": [key_param],
-                        "responses": {"200": account, **admin_errors},
+                        "responses": {"200": account, **admin_errors, **too_large},
                     }
                 }
                 for action in ("disable", "enable")
@@ -249,7 +251,7 @@ def build() -> dict[str, Any]:
                             }
                         },
                     },
-                    "responses": {"200": account, "400": admin_error, **admin_errors},
+                    "responses": {"200": account, "400": admin_error, **admin_errors, **too_large},
                 }
             },
             "/admin/accounts/{key}/move": {
@@ -270,7 +272,7 @@ def build() -> dict[str, Any]:
                             }
                         },
                     },
-                    "responses": {"200": account, "400": admin_error, **admin_errors},
+                    "responses": {"200": account, "400": admin_error, **admin_errors, **too_large},
                 }
             },
         },

@@ -111,8 +111,8 @@ class _OneWriteTransport:
     """Holds a response's head until its body's first write, so both go in one send().
 
     uvicorn writes the head at ``http.response.start`` and the body at ``http.response.body``:
-    two system calls for every small answer, a third of the server's time per single-event
-    request (py-spy, under wrk). Anything else (a ``100 Continue``, a close) goes at once.
+    two system calls for every small answer (measured: docs/architecture.md, "Costs on the
+    request path"). Anything else (a ``100 Continue``, a close) goes at once.
     """
 
     __slots__ = ("_head", "_transport")

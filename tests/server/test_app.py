@@ -14,7 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
+from qlevents import StoreOutcomeUnknownError, StoreUnavailableError
+from qlevents.accounts import AccountBook
 from qlevents.server import EventsApp, Settings
+from qlevents.store import EventStore, MemoryEventStore
+from qlevents.store.factory import StoreSettings
 from tests.support import ADMIN_TOKEN, view
 
 pytestmark = pytest.mark.anyio
@@ -54,9 +58,13 @@ async def running(app: EventsApp) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 def make_app(tmp_path: Path) -> Callable[..., EventsApp]:
-    def make(**settings: Any) -> EventsApp:
-        options = {"store": "memory", "access_log": False, "admin_token": ADMIN_TOKEN}
-        return EventsApp(Settings(data_dir=tmp_path, **{**options, **settings}))
+    def make(store: EventStore | None = None, **settings: Any) -> EventsApp:
+        options = {
+            "storage": StoreSettings(store="memory"),
+            "access_log": False,
+            "admin_token": ADMIN_TOKEN,
+        }
+        return EventsApp(Settings(data_dir=tmp_path, **{**options, **settings}), store=store)
 
     return make
 
@@ -266,3 +274,39 @@ class TestMetricsLabels:
             ("/events", "200"),
             ("other", "404"),
         }
+
+
+class _FailingStore(MemoryEventStore):
+    """Fault injection: every append fails with the given error."""
+
+    def __init__(self, error: StoreUnavailableError) -> None:
+        super().__init__()
+        self.error = error
+
+    async def append(self, *args: Any, **kwargs: Any) -> Any:
+        raise self.error
+
+
+class TestStoreFailures:
+    @pytest.mark.parametrize(
+        ("error", "says"),
+        [
+            (StoreUnavailableError("disk full", retry_after=3), "none of them was: disk full"),
+            (
+                StoreOutcomeUnknownError("no quorum in 10 s", retry_after=3),
+                "they may or may not be stored",
+            ),
+        ],
+    )
+    async def test_a_store_failure_is_a_503_that_says_what_is_known(
+        self, make_app: Callable[..., EventsApp], tmp_path: Path, error: Exception, says: str
+    ) -> None:
+        """Nothing stored and an unknown outcome are both 503 + Retry-After, each message true."""
+        book = AccountBook(tmp_path)
+        key = book.add("shop").client_key
+        book.close()
+        async with running(make_app(store=_FailingStore(error))) as client:
+            answer = await client.post(f"{MAIN}/events", json=[view(key)])
+        entry = contract_error(answer, 503)
+        assert entry["code"] == "store_unavailable" and says in entry["message"]
+        assert answer.headers["retry-after"] == "3"

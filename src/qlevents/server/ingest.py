@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from qlevents._exceptions import StoreUnavailableError
+from qlevents._exceptions import StoreOutcomeUnknownError, StoreUnavailableError
 from qlevents.accounts import Account
 from qlevents.events import ErrorEntry, EventsResponse, StoredEvent
 from qlevents.server.accept import accept_each, accept_valid_batch, client_key_of
@@ -132,14 +132,8 @@ class Ingest:
             try:
                 replay = await self.store.append(accepted, record)
             except StoreUnavailableError as exc:
-                self.limiter.give_back(spent)  # nothing was stored
-                retry = str(max(1, round(exc.retry_after))).encode()
-                raise RequestRejected(
-                    503,
-                    "store_unavailable",
-                    f"the events could not be stored, none of them was: {exc}; retry later.",
-                    [(b"retry-after", retry)],
-                ) from exc
+                self.limiter.give_back(spent)  # nothing was stored, or nothing can be told
+                raise _store_unavailable(exc) from exc
             if replay is not None:
                 assert key is not None
                 self.limiter.give_back(spent)  # a retry stores nothing again
@@ -214,3 +208,17 @@ def _replayed(key: str, replay: Replay, fingerprint: bytes) -> bytes:
             " body in the last 24 hours; use a new key for a new request.",
         )
     return replay.response
+
+
+def _store_unavailable(exc: StoreUnavailableError) -> RequestRejected:
+    """The 503 for a store that did not take the events, or cannot tell whether it did."""
+    if isinstance(exc, StoreOutcomeUnknownError):
+        message = (
+            f"the store did not confirm the events in time ({exc}): they may or may not be"
+            " stored. Retry with the same Idempotency-Key: a stored request is then answered"
+            " as it was, and nothing is stored twice."
+        )
+    else:
+        message = f"the events could not be stored, none of them was: {exc}; retry later."
+    retry = str(max(1, round(exc.retry_after))).encode()
+    return RequestRejected(503, "store_unavailable", message, [(b"retry-after", retry)])

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from typing import Final, TypeVar
 
-from qlevents.accounts import Account, AccountBook, normalize_endpoint
+from qlevents.accounts import Account, AccountBook, PreviousKey, normalize_endpoint
 
 POLL_SECONDS: Final = 1.0
 T = TypeVar("T")
@@ -22,7 +23,11 @@ class AccountDirectory:
     def __init__(self, book: AccountBook, local_endpoint: str) -> None:
         self.book = book
         self.local_endpoint = normalize_endpoint(local_endpoint)
+        #: Every working key (current, or replaced and in its grace period) -> its account.
         self.snapshot: dict[str, Account] = {}
+        #: Every replaced key, expired or not (expired ones are answered expired_client_key).
+        self.previous: dict[str, PreviousKey] = {}
+        self._next_expiry = float("inf")
         self._version = -1
         self._poller: asyncio.Task[None] | None = None
         #: Called with the new snapshot after every reload.
@@ -30,7 +35,12 @@ class AccountDirectory:
 
     def reload(self) -> None:
         self._version = self.book.data_version()
-        self.snapshot = {a.client_key: a for a in self.book.all()}
+        now = time.time()
+        self.snapshot = self.book.working_keys(now)
+        self.previous = {k.client_key: k for k in self.book.previous_keys()}
+        # A key's grace period ends without any change to the book: reload then.
+        pending = [k.expires_at for k in self.previous.values() if k.expires_at > now]
+        self._next_expiry = min(pending, default=float("inf"))
         for listener in self.listeners:
             listener(self.snapshot)
 
@@ -54,5 +64,5 @@ class AccountDirectory:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(POLL_SECONDS)
-            if self.book.data_version() != self._version:
+            if self.book.data_version() != self._version or time.time() >= self._next_expiry:
                 self.reload()

@@ -11,12 +11,13 @@ import json
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from time import time
 from typing import Final
 
 import msgspec
 
 from qlevents._exceptions import StoreUnavailableError
-from qlevents.accounts import DISABLED, Account
+from qlevents.accounts import DISABLED, Account, key_problem
 from qlevents.events import (
     ConversionEvent,
     ErrorEntry,
@@ -472,6 +473,10 @@ class Ingest:
     ) -> ErrorEntry | None:
         account = accounts.get(client_key)
         if account is None:
+            if client_key in self.accounts.previous:  # a replaced key past its grace period
+                expired = key_problem(client_key, accounts, self.accounts.previous, local, time())
+                if expired is not None:
+                    return ErrorEntry(index, "client_key", expired.code, expired.message)
             return ErrorEntry(
                 index,
                 "client_key",

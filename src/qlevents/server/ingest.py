@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from time import time
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
@@ -35,6 +35,9 @@ from qlevents.server.responses import encode, send_body, send_request_error
 from qlevents.server.types import Receive, Scope, Send
 from qlevents.store.base import EventStore, IdempotencyRecord, Replay
 from qlevents.validation import decode_event
+
+if TYPE_CHECKING:
+    from qlevents.server.activity import ActivityRecorder
 
 _split_array: Final = msgspec.json.Decoder(list[msgspec.Raw]).decode
 _check_json: Final = msgspec.json.Decoder(msgspec.Raw).decode
@@ -86,6 +89,9 @@ class Outcome:
 
 
 class Ingest:
+    #: The dashboard's activity ledger, told every answered request (set by the app).
+    recorder: ActivityRecorder | None = None
+
     def __init__(
         self,
         store: EventStore,
@@ -159,6 +165,7 @@ class Ingest:
         _check_text(body)
         accounts = self.accounts.snapshot
         received_at = utc_now_iso()
+        received = time()
         response = self._take_valid_batch(body, accounts, received_at)
         if response is None:  # something is wrong with an event: find out what, event by event
             response = self._take_events(self._split(body), accounts, received_at)
@@ -215,6 +222,8 @@ class Ingest:
         self.metrics.events_processed.inc(outcome.processed)
         if response.errors and not outcome.replayed:
             self._count_failed(response.errors)
+        if self.recorder is not None and not outcome.replayed:
+            self.recorder.record(accepted, response.failed, response.errors, received, time())
         await send_body(send, 200, answer, headers)
         return outcome
 

@@ -303,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     from qlevents.client.send_command import add_send_command
 
     add_send_command(commands, _Parser)
+    from qlevents import cli_users
+
+    cli_users.add_parser(commands, _Parser)
 
     return parser
 

@@ -103,10 +103,10 @@ class TestUsersCommand:
         assert json.loads(out) == [{"email": "ann@shop.example", "role": "member",
                                     "account_id": account.id, "status": "active"}]  # fmt: skip
         code, _, _ = self._run(monkeypatch, capsys, "users", "passwd", "ann@shop.example",
-                               "--password-stdin", *data, stdin="a new long password\n")  # fmt: skip
+                               "--password-stdin", *data, stdin="another password\n")  # fmt: skip
         assert code == 0
         users = UserStore(tmp_path)
-        assert users.authenticate("ann@shop.example", "a new long password") is not None
+        assert users.authenticate("ann@shop.example", "another password") is not None
         users.close()
         code, out, _ = self._run(monkeypatch, capsys, "users", "disable", "ann@shop.example", *data)
         assert code == 0 and "disabled" in out

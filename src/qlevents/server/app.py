@@ -6,6 +6,7 @@ GET  /readyz        the store takes writes (503 if not)
 GET  /metrics       Prometheus
 GET  /openapi.json  the API contract
 *    /admin/...     the admin API (admin.py), when an admin token is set
+GET  /, /ui/...     the dashboard (qlevents.ui)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from qlevents.server.responses import send_body, send_json, send_request_error
 from qlevents.server.types import Receive, Scope, Send
 from qlevents.store.base import EventStore
 from qlevents.store.factory import build_store
+from qlevents.ui import Dashboard
 
 log: Final = logging.getLogger("qlevents.server")
 
@@ -70,6 +72,7 @@ class EventsApp:
         self.admin_port = settings.admin_port
         self.openapi = (resources.files("qlevents.server") / "openapi.json").read_bytes()
         self.access_log = AccessLog() if settings.access_log else None
+        self.dashboard = Dashboard(settings.data_dir, self.directory, self.ingest)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -96,6 +99,7 @@ class EventsApp:
                 try:
                     await self.store.open()
                     await self.directory.start()
+                    await self.dashboard.start()
                 except Exception as exc:
                     log.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -114,6 +118,7 @@ class EventsApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.directory.stop()
+                await self.dashboard.stop()
                 await self.store.close()
                 self.directory.book.close()
                 if self.access_log is not None:
@@ -154,6 +159,9 @@ class EventsApp:
         elif target.startswith("/admin/") and self.admin is not None:
             route = "/admin"
             status = await self.admin(scope, receive, send)
+        elif target in ("/", "/ui") or target.startswith("/ui/"):
+            route = "/ui"
+            status = await self.dashboard(scope, receive, send)
         elif method in ("GET", "HEAD") and target in _GET_ROUTES:
             route = target
             status = await getattr(self, _GET_ROUTES[target])(send)

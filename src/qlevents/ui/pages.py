@@ -91,6 +91,8 @@ class Pages:
         self.templates = Jinja2Templates(directory=str(folder))
         env = self.templates.env
         env.filters["ago"] = views.ago
+        env.filters["ago_minute"] = views.ago_minute
+        env.filters["capitalize_first"] = lambda text: text[:1].upper() + text[1:]
         env.filters["utc"] = views.utc
         env.filters["mask"] = mask_key
         env.globals["error_codes"] = ERROR_CODES
@@ -377,7 +379,7 @@ class Pages:
     async def validate(self, request: Request) -> Response:
         _, account = await self.account(request)
         context = {"account": account, "body": views.sample_event(account.client_key),
-                   "answer": None, "status": None}  # fmt: skip
+                   "answer": None, "status": None, "summary": None}  # fmt: skip
         return await self.account_page(request, "validate.html", "validate", context)
 
     async def validate_post(self, request: Request) -> Response:
@@ -388,8 +390,9 @@ class Pages:
         else:
             body = str(form.get("body", ""))
         status, answer = await run_in_threadpool(dry_run, self.deps.ingest, body.encode())
+        summary = views.answer_summary(answer)
         context = {"account": account, "body": body, "status": status,
-                   "answer": views.pretty(answer)}  # fmt: skip
+                   "answer": views.pretty(answer), "summary": summary}  # fmt: skip
         return await self.account_page(request, "validate.html", "validate", context)
 
     # --- operator --------------------------------------------------------------------------

@@ -200,6 +200,25 @@ def ago(at: float | None, now: float | None = None) -> str:
     return f"{seconds // 86400} days ago"
 
 
+def ago_minute(at: float | None, now: float | None = None) -> str:
+    """Like ``ago`` for a time known to the minute (the ledger counts per minute)."""
+    if at is not None and (now or time.time()) - at < 120:
+        return "this minute"
+    return ago(at, now)
+
+
+def answer_summary(answer: bytes) -> dict[str, Any] | None:
+    """How many events an answer of POST /events stored and failed, and its errors."""
+    try:
+        found = json.loads(answer)
+    except ValueError:
+        return None
+    if not isinstance(found, dict):
+        return None
+    return {"processed": len(found.get("processed", [])), "failed": len(found.get("failed", [])),
+            "errors": found.get("errors", [])}  # fmt: skip
+
+
 def utc(at: float | None) -> str:
     if at is None:
         return "-"

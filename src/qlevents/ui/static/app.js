@@ -62,8 +62,10 @@
           height: 300,
           series: [
             {},
-            { label: "processed", stroke: "#1f5fbf", fill: "rgba(31,95,191,0.12)", width: 2 },
-            { label: "failed", stroke: "#b3261e", fill: "rgba(179,38,30,0.12)", width: 2 },
+            { label: "processed", stroke: "#1f5fbf", fill: "rgba(31,95,191,0.12)", width: 2,
+              points: { show: false } },
+            { label: "failed", stroke: "#b3261e", fill: "rgba(179,38,30,0.12)", width: 2,
+              points: { show: false } },
           ],
           axes: [{}, { label: "events per " + data.step_minutes + " min", size: 60 }],
           scales: { y: { range: function (u, min, max) { return [0, Math.max(5, max * 1.1)]; } } },

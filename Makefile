@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: serve test lint typecheck pytest bench bench-client install dev clean openapi reliability soak
+.PHONY: serve test lint typecheck pytest browser bench bench-client install dev clean openapi reliability soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,23 @@ lint: dev
 typecheck: dev
 	$(BIN)/mypy
 
-pytest: dev
+pytest: dev browser
 	$(BIN)/pytest -q
+
+# The dashboard's browser tests drive Debian's Chromium (Playwright cannot download its own
+# browsers here). As root, install it if it is missing; otherwise those tests skip, except
+# under CI=true, where they fail.
+CHROMIUM ?= /usr/lib/chromium/chromium
+browser:
+	@if [ -x "$(CHROMIUM)" ]; then \
+		echo "browser: $(CHROMIUM) is installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "browser: installing Debian's chromium: apt-get update && apt-get install -y chromium"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+			&& echo "browser: installed $$($(CHROMIUM) --version 2>/dev/null)"; \
+	else \
+		echo "browser: $(CHROMIUM) is missing and this is not root: the browser tests will skip (under CI=true they fail)"; \
+	fi
 
 test: lint typecheck pytest
 

@@ -4,6 +4,11 @@ An account belongs to one installation of the service: the one whose endpoint UR
 homed on. Its ``endpoint`` is None while it is homed on the installation that owns the data
 directory, or the URL of another installation after ``move``. The book lives in
 ``<data-dir>/accounts.sqlite3`` so the CLI and every server worker share it.
+
+Keys rotate: ``rotate_key`` gives an account a new client key and keeps the old one working
+for a grace period (24 h by default); after it the old key is refused with its own error
+(``expired_client_key``, see :func:`key_problem`). An account's ``id`` stays the same across
+keys and is not secret, so it can appear in URLs where a key never may.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -35,7 +41,19 @@ CREATE TABLE IF NOT EXISTS accounts (
     burst      REAL             -- bucket size; NULL: the server's default
 );
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS previous_keys (
+    client_key  TEXT PRIMARY KEY,
+    account_id  TEXT NOT NULL,
+    replaced_at REAL NOT NULL,  -- Unix time the account got a new key
+    expires_at  REAL NOT NULL   -- Unix time this key stops working
+);
+CREATE TABLE IF NOT EXISTS key_uses (client_key TEXT PRIMARY KEY, last_used_at REAL NOT NULL);
 """
+#: How long a replaced key keeps working by default.
+DEFAULT_GRACE_SECONDS: Final = 24 * 3600.0
+#: The longest grace period a rotation may give the old key.
+MAX_GRACE_SECONDS: Final = 30 * 24 * 3600.0
+_ACCOUNT_COLUMNS: Final = "name, client_key, status, endpoint, created_at, rate_limit, burst, id"
 
 
 class AccountError(QleventsError):
@@ -58,6 +76,8 @@ class Account:
     """Events per second this account may send; None: the server's default; 0: unlimited."""
     burst: float | None = None
     """How many events it may send at once above its rate; None: the server's default."""
+    id: str = ""
+    """Stable across key rotations and not secret: how URLs and users name the account."""
 
     def home(self, local_endpoint: str) -> str:
         """The URL this account's events must be sent to."""
@@ -68,6 +88,74 @@ class Account:
         shown: dict[str, object] = asdict(self)
         shown["endpoint"] = self.home(local_endpoint)
         return shown
+
+
+@dataclass(frozen=True, slots=True)
+class PreviousKey:
+    """A client key an account had before ``rotate_key``; it works until ``expires_at``."""
+
+    client_key: str
+    account_id: str
+    replaced_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class KeyProblem:
+    """Why an event's client key is refused: the API's error code and message."""
+
+    code: str
+    message: str
+    endpoint: str | None = None
+
+
+def _utc(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
+
+
+def key_problem(
+    client_key: str,
+    accounts: Mapping[str, Account],
+    previous: Mapping[str, PreviousKey],
+    local_endpoint: str,
+    now: float,
+) -> KeyProblem | None:
+    """Whether an event with ``client_key`` may be stored on ``local_endpoint``, and if not,
+    why: None, or the problem the API answers. ``accounts`` maps every working key (current
+    keys, and replaced keys in their grace period) to its account; ``previous`` holds every
+    replaced key, expired or not, so that a snapshot older than an expiry still refuses it."""
+    replaced = previous.get(client_key)
+    if replaced is not None and replaced.expires_at <= now:
+        return KeyProblem(
+            "expired_client_key",
+            f"client_key was replaced by a new key on {_utc(replaced.replaced_at)} and stopped"
+            f" working on {_utc(replaced.expires_at)}; copy the account's current key from"
+            " Settings > Integration Settings.",
+        )
+    account = accounts.get(client_key)
+    if account is None:
+        return KeyProblem(
+            "unknown_client_key",
+            "client_key is not the key of any account on this endpoint; copy it from"
+            " Settings > Integration Settings.",
+        )
+    if account.status == DISABLED:
+        return KeyProblem(
+            "disabled_client_key", f"client_key belongs to the disabled account {account.name!r}."
+        )
+    if account.endpoint is not None and account.endpoint != local_endpoint:
+        return KeyProblem(
+            "wrong_endpoint",
+            f"the account of this client_key is homed on {account.endpoint}, not on"
+            f" {local_endpoint}; send its events there.",
+            account.endpoint,
+        )
+    return None
+
+
+def new_account_id() -> str:
+    """A short random account id: unique in practice, and tells nothing about the key."""
+    return "acc_" + secrets.token_hex(6)
 
 
 def new_client_key() -> str:
@@ -106,6 +194,14 @@ class AccountBook:
         for column in ("rate_limit", "burst"):  # books made before rate limits existed
             if column not in columns:
                 self._conn.execute(f"ALTER TABLE accounts ADD COLUMN {column} REAL")
+        if "id" not in columns:  # books made before key rotation: give each account an id
+            self._conn.execute("ALTER TABLE accounts ADD COLUMN id TEXT")
+        unnamed = self._conn.execute("SELECT client_key FROM accounts WHERE id IS NULL").fetchall()
+        for (key,) in unnamed:
+            self._conn.execute(
+                "UPDATE accounts SET id = ? WHERE client_key = ?", (new_account_id(), key)
+            )
+        self._conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS accounts_id ON accounts (id)")
 
     def close(self) -> None:
         self._conn.close()
@@ -141,32 +237,31 @@ class AccountBook:
             status=ACTIVE,
             endpoint=None if endpoint is None else normalize_endpoint(endpoint),
             created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            id=new_account_id(),
         )
         self._conn.execute(
-            "INSERT INTO accounts (client_key, name, status, endpoint, created_at)"
-            " VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO accounts (client_key, name, status, endpoint, created_at, id)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
             (
                 account.client_key,
                 account.name,
                 account.status,
                 account.endpoint,
                 account.created_at,
+                account.id,
             ),
         )
         return account
 
     def all(self) -> list[Account]:
         rows = self._conn.execute(
-            "SELECT name, client_key, status, endpoint, created_at, rate_limit, burst FROM accounts"
-            " ORDER BY created_at, name"
+            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY created_at, name"
         ).fetchall()
         return [Account(*row) for row in rows]
 
     def get(self, client_key: str) -> Account:
         row = self._conn.execute(
-            "SELECT name, client_key, status, endpoint, created_at, rate_limit, burst FROM accounts"
-            " WHERE client_key = ?",
-            (client_key,),
+            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE client_key = ?", (client_key,)
         ).fetchone()
         if row is None:
             raise AccountNotFoundError(f"no account has the client key {mask_key(client_key)!r}")
@@ -200,3 +295,93 @@ class AccountBook:
             "UPDATE accounts SET endpoint = ? WHERE client_key = ?", (stored, client_key)
         )
         return self.get(client_key)
+
+    # --- key rotation --------------------------------------------------------------------------
+
+    def get_by_id(self, account_id: str) -> Account:
+        row = self._conn.execute(
+            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = ?", (account_id,)
+        ).fetchone()
+        if row is None:
+            raise AccountError(f"no account has the id {account_id!r}")
+        return Account(*row)
+
+    def rotate_key(
+        self, client_key: str, grace_seconds: float = DEFAULT_GRACE_SECONDS
+    ) -> tuple[Account, PreviousKey]:
+        """Give the account a new client key; the old one keeps working ``grace_seconds``."""
+        if not (0 <= grace_seconds <= MAX_GRACE_SECONDS):
+            raise AccountError(
+                f"a grace period must be 0 to {MAX_GRACE_SECONDS / 86400:g} days;"
+                f" got {grace_seconds!r} s"
+            )
+        account = self.get(client_key)
+        now = time.time()
+        old = PreviousKey(client_key, account.id, now, now + grace_seconds)
+        new_key = new_client_key()
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.execute(
+                "UPDATE accounts SET client_key = ? WHERE client_key = ?", (new_key, client_key)
+            )
+            self._conn.execute(
+                "INSERT INTO previous_keys (client_key, account_id, replaced_at, expires_at)"
+                " VALUES (?, ?, ?, ?)",
+                (old.client_key, old.account_id, old.replaced_at, old.expires_at),
+            )
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        return self.get(new_key), old
+
+    def expire_key(self, client_key: str) -> PreviousKey:
+        """End a replaced key's grace period now."""
+        now = time.time()
+        updated = self._conn.execute(
+            "UPDATE previous_keys SET expires_at = MIN(expires_at, ?) WHERE client_key = ?",
+            (now, client_key),
+        ).rowcount
+        if not updated:
+            raise AccountError(f"{mask_key(client_key)!r} is not a replaced key")
+        return next(k for k in self.previous_keys() if k.client_key == client_key)
+
+    def previous_keys(self, account_id: str | None = None) -> list[PreviousKey]:
+        """The replaced keys (of one account, or all), newest first, expired ones included."""
+        query = "SELECT client_key, account_id, replaced_at, expires_at FROM previous_keys"
+        if account_id is None:
+            rows = self._conn.execute(query + " ORDER BY replaced_at DESC").fetchall()
+        else:
+            rows = self._conn.execute(
+                query + " WHERE account_id = ? ORDER BY replaced_at DESC", (account_id,)
+            ).fetchall()
+        return [PreviousKey(*row) for row in rows]
+
+    def working_keys(self, now: float | None = None) -> dict[str, Account]:
+        """Every key that works now, current or in its grace period, with its account."""
+        now = time.time() if now is None else now
+        by_id = {a.id: a for a in self.all()}
+        keys = {a.client_key: a for a in by_id.values()}
+        for old in self.previous_keys():
+            if old.expires_at > now and old.account_id in by_id:
+                keys[old.client_key] = by_id[old.account_id]
+        return keys
+
+    def record_key_uses(self, uses: Mapping[str, float]) -> None:
+        """Remember when each key was last used (a later time replaces an earlier one)."""
+        self._conn.executemany(
+            "INSERT INTO key_uses (client_key, last_used_at) VALUES (?, ?) ON CONFLICT"
+            " (client_key) DO UPDATE SET last_used_at = MAX(last_used_at, excluded.last_used_at)",
+            list(uses.items()),
+        )
+
+    def key_uses(self, keys: Iterable[str]) -> dict[str, float]:
+        """When each of ``keys`` was last used, for those used at all."""
+        wanted = list(keys)
+        if not wanted:
+            return {}
+        marks = ", ".join("?" * len(wanted))
+        rows = self._conn.execute(
+            f"SELECT client_key, last_used_at FROM key_uses WHERE client_key IN ({marks})", wanted
+        ).fetchall()
+        return {str(key): float(at) for key, at in rows}

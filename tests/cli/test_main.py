@@ -30,7 +30,7 @@ class TestMistakes:
     @pytest.mark.parametrize(
         ("argv", "usage", "commands"),
         [
-            ([], "usage: qlevents [", "serve, accounts, events, send"),
+            ([], "usage: qlevents [", "serve, accounts, events, send, users"),
             (
                 ["accounts"],
                 "usage: qlevents accounts [",

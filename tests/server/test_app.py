@@ -310,3 +310,32 @@ class TestStoreFailures:
         entry = contract_error(answer, 503)
         assert entry["code"] == "store_unavailable" and says in entry["message"]
         assert answer.headers["retry-after"] == "3"
+
+
+class TestDryRun:
+    async def test_a_dry_run_answers_as_a_real_request_and_stores_nothing(
+        self, make_app: Callable[..., EventsApp], tmp_path: Path
+    ) -> None:
+        """?dry_run=true: the same processed/failed/errors, Dry-Run: true, nothing stored."""
+        book = AccountBook(tmp_path)
+        key = book.add("shop").client_key
+        book.close()
+        store = MemoryEventStore()
+        body = [view(key), view(key, price="12"), view("qlk_nobody")]
+        async with running(make_app(store=store)) as client:
+            dry = await client.post(f"{MAIN}/events?dry_run=true", json=body)
+            assert dry.headers["dry-run"] == "true"
+            assert await store.read() == []
+            real = await client.post(f"{MAIN}/events", json=body)
+        assert "dry-run" not in real.headers
+        dry_body, real_body = dry.json(), real.json()
+        assert dry_body["failed"] == real_body["failed"]
+        assert dry_body["errors"] == real_body["errors"]
+        assert len(dry_body["processed"]) == len(real_body["processed"]) == 1
+        assert [e["id"] for e in real_body["processed"]] == [e.id for _, e in await store.read()]
+
+    async def test_a_bad_dry_run_value_is_a_400(self, make_app: Callable[..., EventsApp]) -> None:
+        """dry_run takes true/false/1/0; anything else is refused before anything is stored."""
+        async with running(make_app()) as client:
+            answer = await client.post(f"{MAIN}/events?dry_run=maybe", json=[])
+        assert contract_error(answer, 400)["code"] == "invalid_query"

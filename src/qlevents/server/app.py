@@ -7,6 +7,7 @@ GET  /metrics       Prometheus
 GET  /openapi.json  the API contract
 *    /admin/...     the admin API (admin.py), when an admin token is set; with --admin-port,
                     on that listener alone, and nothing else there
+GET  /, /ui/...     the dashboard (qlevents.ui), which answers its own errors as pages
 
 Errors the table finds (no route; 405 on /events) and bugs are answered in the shape of the
 API the request was for: the events contract's JSON, the admin API's problem JSON.
@@ -22,7 +23,7 @@ from typing import Final
 
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 
 from qlevents._exceptions import StoreUnavailableError
@@ -39,6 +40,7 @@ from qlevents.server.responses import MsgspecJSONResponse, send_problem, send_re
 from qlevents.server.types import Message, Receive, Scope, Send
 from qlevents.store.base import EventStore
 from qlevents.store.factory import build_store
+from qlevents.ui import Dashboard
 
 log: Final = logging.getLogger("qlevents.server")
 
@@ -77,6 +79,7 @@ class EventsApp:
         )
         self.openapi = (resources.files("qlevents.server") / "openapi.json").read_bytes()
         self.access_log = AccessLog() if settings.access_log else None
+        self.dashboard = Dashboard(settings.data_dir, self.directory, self.ingest)
 
         # One route table per listener. With --admin-port the admin API has that listener to
         # itself: its routes are there and nowhere else, and nothing else is there.
@@ -94,7 +97,9 @@ class EventsApp:
             Route("/metrics", self.metrics_page, methods=["GET"]),
             Route("/openapi.json", self.openapi_page, methods=["GET"]),
             *([] if self.admin_port else admin),
-            # Pages (the dashboard) will be a Mount("/ui", ...) here.
+            Route("/", _to_dashboard, methods=["GET"]),
+            Route("/ui", _to_dashboard, methods=["GET"]),
+            Mount("/ui", app=self.dashboard),
         )
         self.admin_routes = _table(*admin) if self.admin_port else None
 
@@ -127,6 +132,7 @@ class EventsApp:
                 try:
                     await self.store.open()
                     await self.directory.start()
+                    await self.dashboard.start()
                 except Exception as exc:
                     log.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -139,6 +145,7 @@ class EventsApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.directory.stop()
+                await self.dashboard.stop()
                 await self.store.close()
                 self.directory.book.close()
                 if self.access_log is not None:
@@ -239,6 +246,10 @@ class EventsApp:
         return Response(self.openapi, media_type="application/json")
 
 
+async def _to_dashboard(request: Request) -> Response:
+    return RedirectResponse("/ui/", 303)
+
+
 def _table(*routes: BaseRoute) -> Router:
     return Router(list(routes), redirect_slashes=False)
 
@@ -262,7 +273,7 @@ async def _send_error(
     """An error answer in the shape of the API the request was for."""
     if scope["path"].startswith("/admin/"):
         await send_problem(send, status, code, message, headers)
-    # Pages (the dashboard, mounted at /ui) will answer their errors in HTML here.
+    # (The dashboard under /ui answers its own errors, as pages; it never reaches here.)
     else:
         await send_request_error(send, status, code, message, headers)
 

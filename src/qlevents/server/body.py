@@ -88,6 +88,11 @@ class BodyReader:
             " send the body plain or with Content-Encoding: gzip.",
         )
 
+    def check_size(self, size: int) -> None:
+        """Refuse (413) a body of ``size`` bytes that is already in memory (the dashboard's)."""
+        if size > self.max_body_bytes:
+            raise self._too_large(size)
+
     def _too_large(self, size: int, *, compressed: bool = False) -> RequestRejected:
         what = "compressed body" if compressed else "body"
         return RequestRejected(

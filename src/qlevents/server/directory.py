@@ -10,10 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from typing import Final, TypeVar
 
-from qlevents.accounts import DISABLED, Account, AccountBook, normalize_endpoint
+from qlevents.accounts import (
+    ACTIVE,
+    Account,
+    AccountBook,
+    PreviousKey,
+    key_problem,
+    normalize_endpoint,
+)
 from qlevents.events import ErrorEntry
 
 POLL_SECONDS: Final = 1.0
@@ -24,7 +32,11 @@ class AccountDirectory:
     def __init__(self, book: AccountBook, local_endpoint: str) -> None:
         self.book = book
         self.local_endpoint = normalize_endpoint(local_endpoint)
+        #: Every working key (current, or replaced and in its grace period) -> its account.
         self.snapshot: dict[str, Account] = {}
+        #: Every replaced key, expired or not (expired ones are answered expired_client_key).
+        self.previous: dict[str, PreviousKey] = {}
+        self._next_expiry = float("inf")
         self._version = -1
         self._poller: asyncio.Task[None] | None = None
         #: Called with the new snapshot after every reload.
@@ -32,39 +44,34 @@ class AccountDirectory:
 
     def reload(self) -> None:
         self._version = self.book.data_version()
-        self.snapshot = {a.client_key: a for a in self.book.all()}
+        now = time.time()
+        self.snapshot = self.book.working_keys(now)
+        self.previous = {k.client_key: k for k in self.book.previous_keys()}
+        # A key's grace period ends without any change to the book: reload then.
+        pending = [k.expires_at for k in self.previous.values() if k.expires_at > now]
+        self._next_expiry = min(pending, default=float("inf"))
         for listener in self.listeners:
             listener(self.snapshot)
 
     def check(self, index: int, client_key: str) -> ErrorEntry | None:
         """Why the event at ``index`` cannot be taken for ``client_key`` (no such account, a
-        disabled one, or one homed on another installation); None if it can."""
+        disabled one, one homed on another installation, an expired key); None if it can."""
         account = self.snapshot.get(client_key)
-        if account is None:
-            return ErrorEntry(
-                index,
-                "client_key",
-                "unknown_client_key",
-                "client_key is not the key of any account on this endpoint; copy it from"
-                " Settings > Integration Settings.",
-            )
-        if account.status == DISABLED:
-            return ErrorEntry(
-                index,
-                "client_key",
-                "disabled_client_key",
-                f"client_key belongs to the disabled account {account.name!r}.",
-            )
-        if account.endpoint is not None and account.endpoint != self.local_endpoint:
-            return ErrorEntry(
-                index,
-                "client_key",
-                "wrong_endpoint",
-                f"the account of this client_key is homed on {account.endpoint}, not on"
-                f" {self.local_endpoint}; send its events there.",
-                endpoint=account.endpoint,
-            )
-        return None
+        if (
+            account is not None
+            and account.status == ACTIVE
+            and (account.endpoint is None or account.endpoint == self.local_endpoint)
+            and client_key not in self.previous
+        ):
+            return None  # the usual case, without the clock
+        problem = key_problem(
+            client_key, self.snapshot, self.previous, self.local_endpoint, time.time()
+        )
+        if problem is None:
+            return None
+        return ErrorEntry(
+            index, "client_key", problem.code, problem.message, endpoint=problem.endpoint
+        )
 
     def change(self, operation: Callable[[AccountBook], T]) -> T:
         """Apply ``operation`` to the book and refresh the snapshot at once."""
@@ -86,5 +93,5 @@ class AccountDirectory:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(POLL_SECONDS)
-            if self.book.data_version() != self._version:
+            if self.book.data_version() != self._version or time.time() >= self._next_expiry:
                 self.reload()

@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from time import time
+from typing import TYPE_CHECKING, Final
+from urllib.parse import parse_qs
 
 from qlevents._exceptions import StoreOutcomeUnknownError, StoreUnavailableError
 from qlevents.accounts import Account
@@ -28,6 +30,9 @@ from qlevents.server.splitting import check_utf8, split_events
 from qlevents.server.types import Receive, Scope, Send
 from qlevents.store.base import EventStore, IdempotencyRecord, Replay
 
+if TYPE_CHECKING:
+    from qlevents.server.activity import ActivityRecorder
+
 MAX_IDEMPOTENCY_KEY: Final = 255
 
 
@@ -42,6 +47,9 @@ class Outcome:
 
 
 class Ingest:
+    #: Told every answered request (the dashboard's activity ledger), when one is attached.
+    recorder: ActivityRecorder | None = None
+
     def __init__(
         self,
         store: EventStore,
@@ -89,13 +97,13 @@ class Ingest:
                 idempotency_key = value
         body = await self.bodies.read(receive, length, encoding, held)
         key = _check_idempotency_key(idempotency_key)
-        check_utf8(body)
+        received = time()
         accounts = self.accounts.snapshot
-        received_at = utc_now_iso()
-        response = accept_valid_batch(body, self.accounts, received_at, self.max_events)
-        if response is None:  # something is wrong with an event: find out what, event by event
-            raws = split_events(body, self.max_events)
-            response = accept_each(raws, self.accounts, received_at)
+        response = self.accept(body)
+        if scope["query_string"] and _dry_run(scope["query_string"]):
+            # The same answer, from the same steps; nothing stored, counted or rate-limited.
+            await send_body(send, 200, encode(response), [(b"dry-run", b"true")])
+            return Outcome()
         accepted = response.processed
 
         # A key is remembered only for a request of a known account: otherwise anyone could
@@ -143,8 +151,20 @@ class Ingest:
         self.metrics.events_processed.inc(outcome.processed)
         if response.errors and not outcome.replayed:
             self._count_failed(response.errors)
+        if self.recorder is not None and not outcome.replayed:
+            self.recorder.record(accepted, response.failed, response.errors, received, time())
         await send_body(send, 200, answer, headers)
         return outcome
+
+    def accept(self, body: bytes) -> EventsResponse:
+        """The answer's events for ``body``: the valid ones of accounts homed here accepted,
+        every other failed with all its problems. Nothing is stored."""
+        check_utf8(body)
+        received_at = utc_now_iso()
+        response = accept_valid_batch(body, self.accounts, received_at, self.max_events)
+        if response is None:  # something is wrong with an event: find out what, event by event
+            response = accept_each(split_events(body, self.max_events), self.accounts, received_at)
+        return response
 
     def _check_rate(
         self, accepted: list[StoredEvent], accounts: Mapping[str, Account]
@@ -222,3 +242,17 @@ def _store_unavailable(exc: StoreUnavailableError) -> RequestRejected:
         message = f"the events could not be stored, none of them was: {exc}; retry later."
     retry = str(max(1, round(exc.retry_after))).encode()
     return RequestRejected(503, "store_unavailable", message, [(b"retry-after", retry)])
+
+
+def _dry_run(query: bytes) -> bool:
+    """Whether the query string asks for a dry run (``dry_run=true``); 400 for a bad value."""
+    values = parse_qs(query.decode("latin-1")).get("dry_run")
+    if not values:
+        return False
+    if values[-1].lower() in ("true", "1"):
+        return True
+    if values[-1].lower() in ("false", "0"):
+        return False
+    raise RequestRejected(
+        400, "invalid_query", f"dry_run must be true or false; got {values[-1]!r}."
+    )

@@ -99,7 +99,18 @@ def build() -> dict[str, Any]:
                                 " the first answer and stores nothing again."
                             ),
                             "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-                        }
+                        },
+                        {
+                            "name": "dry_run",
+                            "in": "query",
+                            "required": False,
+                            "description": (
+                                "true: answer exactly as for a real request (validation, key,"
+                                " account status and home endpoint checked) and store nothing;"
+                                " the answer carries Dry-Run: true."
+                            ),
+                            "schema": {"type": "string", "enum": ["true", "false", "1", "0"]},
+                        },
                     ],
                     "requestBody": {
                         "required": True,
@@ -112,7 +123,9 @@ def build() -> dict[str, Any]:
                             "The batch was read; each event is in processed (stored, durable)"
                             " or failed (with its errors)."
                         ),
-                        "400": _events_answer("The body is not JSON, not an array or object."),
+                        "400": _events_answer(
+                            "The body is not JSON, not an array or object; or a bad dry_run."
+                        ),
                         "408": _events_answer(
                             "The headers or the body did not arrive in time; the connection"
                             " is closed."

@@ -1,0 +1,87 @@
+"""The dashboard: ``/ui/`` on the service's port (``/`` leads there).
+
+:class:`Dashboard` is what the server holds: the activity recorder it gives the ingest path,
+the ledger, the users, and the Starlette app of the pages (:func:`build_ui`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from qlevents import settings as _settings
+from qlevents.accounts import DEFAULT_GRACE_SECONDS, AccountBook
+from qlevents.server.activity import ActivityLedger, ActivityRecorder, ActivitySettings
+from qlevents.server.directory import AccountDirectory
+from qlevents.server.ingest import Ingest
+from qlevents.server.types import Receive, Scope, Send
+from qlevents.ui.pages import Deps, build_ui
+from qlevents.users import UserStore
+
+__all__ = ["Dashboard", "DashboardSettings", "Deps", "build_ui"]
+
+
+class DashboardSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Read from ``QLEVENTS_*`` variables (``QLEVENTS_KEY_GRACE_SECONDS``, ...)."""
+
+    #: How long a rotated key keeps working by default.
+    key_grace_seconds: float = DEFAULT_GRACE_SECONDS
+    activity: ActivitySettings = ActivitySettings()
+
+    @classmethod
+    def from_env(cls) -> DashboardSettings:
+        return _settings.from_env(cls)
+
+
+class Dashboard:
+    """The dashboard of one server worker."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        directory: AccountDirectory,
+        ingest: Ingest,
+        settings: DashboardSettings | None = None,
+    ) -> None:
+        self.settings = settings or DashboardSettings.from_env()
+        self.directory = directory
+        self.ledger = ActivityLedger(data_dir)
+        self.users = UserStore(data_dir)
+        self._book = AccountBook(data_dir)
+        # Written from the recorder's flushing thread only, at most once a minute.
+        self._uses_book = AccountBook(data_dir)
+        self.recorder = ActivityRecorder(
+            self.ledger, self._account_of, self.settings.activity, self._uses_book.record_key_uses
+        )
+        ingest.recorder = self.recorder
+        self.app = build_ui(
+            Deps(
+                book=self._book,
+                users=self.users,
+                ledger=self.ledger,
+                ingest=ingest,
+                local_endpoint=directory.local_endpoint,
+                key_grace_seconds=self.settings.key_grace_seconds,
+                live_per_second=self.settings.activity.live_per_second,
+            )
+        )
+
+    def _account_of(self, client_key: str) -> str | None:
+        account = self.directory.snapshot.get(client_key)
+        if account is not None:
+            return account.id
+        previous = self.directory.previous.get(client_key)
+        return previous.account_id if previous is not None else None
+
+    async def start(self) -> None:
+        await self.recorder.start()
+
+    async def stop(self) -> None:
+        await self.recorder.stop()
+        for closing in (self.ledger, self.users, self._book, self._uses_book):
+            closing.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The pages, as the server's route table mounts them at ``/ui``."""
+        await self.app(scope, receive, send)

@@ -1,0 +1,230 @@
+"""Dashboard users: an email, an argon2id password hash, and a role.
+
+A user is an ``operator`` (every account, the account book, other users) or a ``member`` of
+one account (named by the account's stable id, so a key rotation changes nothing). Users live
+in a ``users`` table beside ``accounts`` in ``<data-dir>/accounts.sqlite3``, so the CLI and
+every server worker share them; dashboard sessions live there too (``sessions``), written
+only at sign-in and sign-out.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from qlevents._exceptions import QleventsError
+from qlevents.accounts import ACCOUNTS_FILE
+
+OPERATOR: Final = "operator"
+MEMBER: Final = "member"
+Role = Literal["operator", "member"]
+MIN_PASSWORD: Final = 10
+MAX_PASSWORD: Final = 1024
+#: How long a dashboard session lasts after sign-in.
+SESSION_SECONDS: Final = 12 * 3600.0
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS users (
+    email         TEXT PRIMARY KEY,   -- lower case
+    password_hash TEXT NOT NULL,      -- argon2id, PHC string
+    role          TEXT NOT NULL CHECK (role IN ('operator', 'member')),
+    account_id    TEXT,               -- the account of a member; NULL for an operator
+    disabled      INTEGER NOT NULL DEFAULT 0,
+    created_at    REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    token_hash TEXT PRIMARY KEY,      -- sha256 of the cookie's token: a stolen file holds none
+    email      TEXT NOT NULL,
+    csrf       TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+"""
+# argon2-cffi's defaults are argon2id with RFC 9106's low-memory profile (64 MiB, t=3).
+_hasher: Final = PasswordHasher()
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the email is unknown, so the answer takes as long either way."""
+    return _hasher.hash(secrets.token_urlsafe(16))
+
+
+class UserError(QleventsError):
+    """A user operation was refused (unknown email, weak password, bad role)."""
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    email: str
+    role: Role
+    account_id: str | None
+    disabled: bool
+    created_at: float
+
+    @property
+    def is_operator(self) -> bool:
+        return self.role == OPERATOR
+
+    def may_see(self, account_id: str) -> bool:
+        """Whether this user may see the account's pages and data."""
+        return not self.disabled and (self.is_operator or self.account_id == account_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    user: User
+    csrf: str
+    expires_at: float
+
+
+def normalize_email(email: str) -> str:
+    email = email.strip().lower()
+    local, at, domain = email.partition("@")
+    if not at or not local or "." not in domain or len(email) > 254 or not email.isprintable():
+        raise UserError(f"{email!r} is not an email address")
+    return email
+
+
+def check_password(password: str) -> str:
+    if not (MIN_PASSWORD <= len(password) <= MAX_PASSWORD):
+        raise UserError(f"a password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+    return password
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class UserStore:
+    """The users and sessions of one data directory (thread-safe: one call at a time)."""
+
+    def __init__(self, data_dir: str | Path) -> None:
+        path = Path(data_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(
+            path / ACCOUNTS_FILE, isolation_level=None, check_same_thread=False
+        )
+        self._lock = threading.Lock()
+        self._conn.execute("PRAGMA busy_timeout = 5000")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = FULL")
+        self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    # --- users ---------------------------------------------------------------------------
+
+    def add(self, email: str, password: str, role: Role, account_id: str | None = None) -> User:
+        email = normalize_email(email)
+        if role not in (OPERATOR, MEMBER):
+            raise UserError(f"a role is 'operator' or 'member'; got {role!r}")
+        if (role == MEMBER) != (account_id is not None):
+            raise UserError("a member belongs to one account; an operator to none")
+        password_hash = _hasher.hash(check_password(password))
+        try:
+            self._run(
+                "INSERT INTO users (email, password_hash, role, account_id, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (email, password_hash, role, account_id, time.time()),
+            )
+        except sqlite3.IntegrityError:
+            raise UserError(f"a user {email!r} exists already") from None
+        return self.get(email)
+
+    def get(self, email: str) -> User:
+        rows = self._run(
+            "SELECT email, role, account_id, disabled, created_at FROM users WHERE email = ?",
+            (email.strip().lower(),),
+        )
+        if not rows:
+            raise UserError(f"no user has the email {email!r}")
+        email, role, account_id, disabled, created_at = rows[0]
+        return User(email, role, account_id, bool(disabled), created_at)
+
+    def all(self) -> list[User]:
+        rows = self._run(
+            "SELECT email, role, account_id, disabled, created_at FROM users ORDER BY email"
+        )
+        return [User(e, r, a, bool(d), c) for e, r, a, d, c in rows]
+
+    def disable(self, email: str) -> User:
+        """The user can no longer sign in, and every session of theirs ends."""
+        user = self.get(email)
+        self._run("UPDATE users SET disabled = 1 WHERE email = ?", (user.email,))
+        self._run("DELETE FROM sessions WHERE email = ?", (user.email,))
+        return self.get(user.email)
+
+    def enable(self, email: str) -> User:
+        user = self.get(email)
+        self._run("UPDATE users SET disabled = 0 WHERE email = ?", (user.email,))
+        return self.get(user.email)
+
+    def set_password(self, email: str, password: str) -> User:
+        """A new password; every session of the user ends."""
+        user = self.get(email)
+        password_hash = _hasher.hash(check_password(password))
+        self._run("UPDATE users SET password_hash = ? WHERE email = ?", (password_hash, user.email))
+        self._run("DELETE FROM sessions WHERE email = ?", (user.email,))
+        return user
+
+    def authenticate(self, email: str, password: str) -> User | None:
+        """The user, if the email and password are right and the user is enabled."""
+        rows = self._run(
+            "SELECT password_hash FROM users WHERE email = ?", (email.strip().lower(),)
+        )
+        stored = rows[0][0] if rows else _dummy_hash()
+        try:
+            _hasher.verify(stored, password[:MAX_PASSWORD])
+        except (VerificationError, InvalidHashError):
+            return None
+        if not rows:
+            return None
+        user = self.get(email)
+        return None if user.disabled else user
+
+    # --- sessions --------------------------------------------------------------------------
+
+    def open_session(self, user: User, seconds: float = SESSION_SECONDS) -> tuple[str, Session]:
+        """A new session: the token for the cookie (never stored), and the session."""
+        token = secrets.token_urlsafe(32)
+        csrf = secrets.token_urlsafe(32)
+        expires_at = time.time() + seconds
+        self._run("DELETE FROM sessions WHERE expires_at < ?", (time.time(),))
+        self._run(
+            "INSERT INTO sessions (token_hash, email, csrf, expires_at) VALUES (?, ?, ?, ?)",
+            (_token_hash(token), user.email, csrf, expires_at),
+        )
+        return token, Session(user, csrf, expires_at)
+
+    def session(self, token: str) -> Session | None:
+        """The live session of a cookie's token, with its user as now (None if disabled)."""
+        rows = self._run(
+            "SELECT u.email, u.role, u.account_id, u.disabled, u.created_at, s.csrf, s.expires_at"
+            " FROM sessions s JOIN users u ON u.email = s.email WHERE s.token_hash = ?",
+            (_token_hash(token),),
+        )
+        if not rows:
+            return None
+        email, role, account_id, disabled, created_at, csrf, expires_at = rows[0]
+        if disabled or expires_at <= time.time():
+            return None
+        return Session(User(email, role, account_id, False, created_at), csrf, expires_at)
+
+    def close_session(self, token: str) -> None:
+        self._run("DELETE FROM sessions WHERE token_hash = ?", (_token_hash(token),))

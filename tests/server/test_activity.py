@@ -1,0 +1,161 @@
+"""The activity ledger: counts, lag, failed events as sent and the live ring, bounded."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from qlevents.events import ErrorEntry, StoredEvent
+from qlevents.server.activity import ActivityLedger, ActivityRecorder, ActivitySettings
+
+KEYS = {"qlk_a": "acc_a", "qlk_b": "acc_b", "qlk_moved": "acc_m"}
+
+
+def _stored(key: str, n: int, product: str = "P1") -> list[StoredEvent]:
+    return [
+        StoredEvent(id=f"id{i}", received_at="t", client_key=key, event="view",
+                    product_id=product, price=1.0, permalink="https://s.example/p")
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def _failed(key: str, code: str, index: int = 0, **extra: str) -> tuple[msgspec.Raw, ErrorEntry]:
+    raw = msgspec.Raw(json.dumps({"client_key": key, "event": "view", "product_id": "X9"}).encode())
+    return raw, ErrorEntry(index, "price", code, f"{code} message", **extra)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[ActivityLedger]:
+    opened = ActivityLedger(tmp_path)
+    yield opened
+    opened.close()
+
+
+def _recorder(ledger: ActivityLedger, **settings: float) -> ActivityRecorder:
+    return ActivityRecorder(ledger, KEYS.get, ActivitySettings(**settings))  # type: ignore[arg-type]
+
+
+class TestCounts:
+    def test_processed_and_failed_are_counted_per_account(self, ledger: ActivityLedger) -> None:
+        """Each account's processed and failed events, failed by code, add up exactly."""
+        recorder = _recorder(ledger)
+        now = time.time()
+        bad, error = _failed("qlk_a", "invalid_type")
+        recorder.record(_stored("qlk_a", 3), [bad], [error], now, now + 0.002)
+        recorder.record(_stored("qlk_b", 2) + _stored("qlk_a", 1), [], [], now, now + 0.004)
+        recorder.flush()
+        totals = ledger.totals("acc_a", now - 60)
+        assert (totals.processed, totals.failed, totals.by_code) == (4, 1, {"invalid_type": 1})
+        assert ledger.totals("acc_b", now - 60).processed == 2
+        assert ledger.last_event("acc_a") == pytest.approx(now)
+
+    def test_an_event_counts_once_under_its_first_problem(self, ledger: ActivityLedger) -> None:
+        """Two problems of one event: one failure, under the first code (as /metrics)."""
+        recorder = _recorder(ledger)
+        raw, first = _failed("qlk_a", "invalid_type")
+        _, second = _failed("qlk_a", "too_long")
+        recorder.record([], [raw], [first, second], time.time(), time.time())
+        recorder.flush()
+        assert ledger.totals("acc_a", time.time() - 60).by_code == {"invalid_type": 1}
+
+    def test_wrong_endpoint_is_kept_with_the_endpoint(self, ledger: ActivityLedger) -> None:
+        """Events sent here for an account homed elsewhere: counted by their right endpoint."""
+        recorder = _recorder(ledger)
+        url = "https://eu.example/events"
+        raw, error = _failed("qlk_moved", "wrong_endpoint", endpoint=url)
+        _, again = _failed("qlk_moved", "wrong_endpoint", index=1, endpoint=url)
+        recorder.record([], [raw, raw], [error, again], time.time(), time.time())
+        recorder.flush()
+        totals = ledger.totals("acc_m", time.time() - 60)
+        assert totals.wrong_endpoint == {"https://eu.example/events": 2}
+
+    def test_unknown_keys_are_counted_under_no_account(self, ledger: ActivityLedger) -> None:
+        """A key no account has still shows up, under the empty account."""
+        recorder = _recorder(ledger)
+        raw, error = _failed("qlk_nobody", "unknown_client_key")
+        recorder.record([], [raw], [error], time.time(), time.time())
+        recorder.flush()
+        assert ledger.totals("", time.time() - 60).by_code == {"unknown_client_key": 1}
+
+    def test_lag_is_receipt_to_durable(self, ledger: ActivityLedger) -> None:
+        """Mean and worst of the requests' receipt-to-durable times."""
+        recorder = _recorder(ledger)
+        now = time.time()
+        recorder.record(_stored("qlk_a", 1), [], [], now, now + 0.010)
+        recorder.record(_stored("qlk_a", 1), [], [], now, now + 0.030)
+        recorder.flush()
+        n, mean, worst = ledger.lag("acc_a", now - 60)
+        assert (n, mean, worst) == (2, pytest.approx(0.020), pytest.approx(0.030))
+
+    def test_series_has_a_slot_per_step(self, ledger: ActivityLedger) -> None:
+        """The chart's series covers the range with zeros where nothing happened."""
+        recorder = _recorder(ledger)
+        recorder.record(_stored("qlk_a", 5), [], [], time.time(), time.time())
+        recorder.flush()
+        times, processed, failed = ledger.series("acc_a", time.time() - 3600, 5)
+        assert len(times) == len(processed) == len(failed) >= 12
+        assert sum(processed) == 5 and sum(failed) == 0
+
+
+class TestBounds:
+    def test_live_ring_samples_above_its_rate_and_counts_the_rest(
+        self, ledger: ActivityLedger
+    ) -> None:
+        """Above live_per_second the ring keeps a sample; the skipped are counted."""
+        recorder = _recorder(ledger, live_per_second=5)
+        recorder.record(_stored("qlk_a", 8), [], [], time.time(), time.time())
+        recorder.flush()
+        assert len(ledger.live("acc_a")) == 5
+        assert ledger.totals("acc_a", time.time() - 60).live_skipped == 3
+
+    def test_live_ring_keeps_the_newest(self, ledger: ActivityLedger) -> None:
+        """Only live_keep events per account stay, the newest."""
+        recorder = _recorder(ledger, live_keep=4)
+        for i in range(3):
+            recorder.record(_stored("qlk_a", 3, product=f"P{i}"), [], [], time.time(), time.time())
+            recorder.flush()
+        kept = ledger.live("acc_a")
+        assert len(kept) == 4 and kept[0].product_id == "P2"
+
+    def test_live_filters(self, ledger: ActivityLedger) -> None:
+        """Filter by outcome, code and product id; newest first; after a cursor."""
+        recorder = _recorder(ledger)
+        raw, error = _failed("qlk_a", "invalid_type")
+        recorder.record(_stored("qlk_a", 1), [raw], [error], time.time(), time.time())
+        recorder.flush()
+        failed = ledger.live("acc_a", outcome="failed")
+        assert [(e.code, e.product_id) for e in failed] == [("invalid_type", "X9")]
+        assert json.loads(failed[0].body)["product_id"] == "X9"
+        assert failed[0].errors[0]["code"] == "invalid_type"
+        assert [e.outcome for e in ledger.live("acc_a", product_id="P1")] == ["processed"]
+        newest = ledger.live("acc_a")[0].id
+        assert ledger.live("acc_a", after=newest) == []
+
+    def test_failed_events_are_kept_as_sent_and_bounded(self, ledger: ActivityLedger) -> None:
+        """At most failed_per_second kept per flush, all counted; export gives NDJSON."""
+        recorder = _recorder(ledger, failed_per_second=2)
+        pairs = [_failed("qlk_a", "invalid_type", index=i) for i in range(5)]
+        raws = [raw for raw, _ in pairs]
+        recorder.record([], raws, [e for _, e in pairs], time.time(), time.time())
+        recorder.flush()
+        assert ledger.totals("acc_a", time.time() - 60).failed == 5
+        kept = ledger.failed_events("acc_a")
+        assert len(kept) == 2 and kept[0].body == bytes(raws[0])
+        lines = [json.loads(line) for line in ledger.export_failed("acc_a")]
+        assert [line["event"]["product_id"] for line in lines] == ["X9", "X9"]
+        assert lines[0]["errors"][0]["code"] == "invalid_type"
+
+    def test_key_uses_are_written_at_most_once_a_minute(self, ledger: ActivityLedger) -> None:
+        """The last use of each key reaches the account book, not on every flush."""
+        written: list[dict[str, float]] = []
+        recorder = ActivityRecorder(ledger, KEYS.get, key_uses=lambda u: written.append(dict(u)))
+        recorder.record(_stored("qlk_a", 1), [], [], 100.0, 100.0)
+        recorder.flush()
+        recorder.record(_stored("qlk_b", 1), [], [], 101.0, 101.0)
+        recorder.flush()
+        assert written == [{"qlk_a": 100.0}]

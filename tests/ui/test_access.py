@@ -26,19 +26,19 @@ OPEN: frozenset[tuple[str, str]] = frozenset(
 
 
 def _routes(tmp_path: Path) -> list[tuple[str, str]]:
-    """(method, path template) of every route of the dashboard, from the app."""
+    """(method, path template) of every route of the dashboard, from the app, as served."""
     deps = Deps(book=AccountBook(tmp_path), users=UserStore(tmp_path),
                 ledger=ActivityLedger(tmp_path), ingest=None, local_endpoint="http://x/events")  # type: ignore[arg-type]  # fmt: skip
     found: list[tuple[str, str]] = []
 
     def walk(routes: list[object], prefix: str) -> None:
         for route in routes:
-            if isinstance(route, Mount) and route.path != "/ui/static":
+            if isinstance(route, Mount) and route.path != "/static":
                 walk(list(route.routes), prefix + route.path)
             elif isinstance(route, Route):
                 found.extend((m, prefix + route.path) for m in route.methods or () if m != "HEAD")
 
-    walk(list(build_ui(deps).routes), "")
+    walk(list(build_ui(deps).routes), "/ui")  # the server mounts the dashboard at /ui
     for opened in (deps.book, deps.users, deps.ledger):
         opened.close()
     return found

@@ -85,11 +85,26 @@ def normalize_endpoint(url: str) -> str:
     return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, parts.query, ""))
 
 
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        conn = sqlite3.connect(":memory:", check_same_thread=False)
+        conn.executescript(_SCHEMA)
+        return conn
+    conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
 class AccountBook:
     """The accounts of one data directory, read and written with SQLite."""
 
-    def __init__(self, data_dir: str | Path) -> None:
+    def __init__(self, data_dir: str | Path, *, readonly: bool = False) -> None:
+        """``readonly``: for commands that only read; creates nothing (a book that does not
+        exist reads as an empty one)."""
         self.data_dir = Path(data_dir)
+        if readonly:
+            self._conn = _open_readonly(self.data_dir / ACCOUNTS_FILE)
+            return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(
             self.data_dir / ACCOUNTS_FILE, isolation_level=None, check_same_thread=False

@@ -7,7 +7,7 @@ One base for the whole package, so ``except qlevents.QleventsError`` catches all
      ├── ClientError                 the SDK was misused or is in the wrong state
      │    └── ClientClosedError       an event was given to a closed client
      ├── TransportError              a request could not be completed (network, timeout, 5xx)
-     ├── CommandError                a command-line mistake or refusal (qlevents.cli; carries its exit code)
+     ├── CommandError                a command-line mistake or refusal (qlevents.cli; exit code)
      ├── SettingsError               a setting has a value that cannot be used (qlevents.settings)
      ├── SchemaVersionError          a database file was written by a newer qlevents
      ├── BackupError / DataDirError  a backup, a restore or the data directory cannot be used

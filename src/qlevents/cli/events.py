@@ -106,8 +106,9 @@ def run_prune(args: argparse.Namespace) -> int:
     store = build_store(store_settings(args), require(data_dir_path(args)), read_only=True)
     if not isinstance(store, SQLiteEventStore):
         raise CommandError("this store keeps nothing on disk: there is nothing to prune")
-    shown = cutoff.strftime("%Y-%m-%dT%H:%M:%SZ")
-    pruned = store.prune_sync(cutoff.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), vacuum=args.vacuum)
+    received_before = cutoff.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # as received_at is written
+    shown = received_before if cutoff.microsecond else cutoff.strftime("%Y-%m-%dT%H:%M:%SZ")
+    pruned = store.prune_sync(received_before, vacuum=args.vacuum)
     if not pruned.events:
         print(f"No event was received before {shown}: nothing pruned.")
     else:

@@ -113,7 +113,8 @@ def run_prune(args: argparse.Namespace) -> int:
         print(f"No event was received before {shown}: nothing pruned.")
     else:
         print(
-            f"Pruned {pruned.events:,} events received before {shown}"
+            f"Pruned {pruned.events:,} event{'' if pruned.events == 1 else 's'} received"
+            f" before {shown}"
             f" (positions up to {pruned.through}); {pruned.bytes_freed or 0:,} bytes freed."
         )
     return 0

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 from qlevents.cli.errors import CommandError
 
 if TYPE_CHECKING:
+    from qlevents.cli.serve_settings import Resolved
     from qlevents.store.factory import StoreSettings
 
 #: Where each command module adds its parser (``commands.add_parser(...)``).
@@ -134,9 +135,7 @@ def data_dir_path(args: argparse.Namespace) -> Path:
     """``--data-dir``, else ``QLEVENTS_DATA_DIR``, else the config file's, else the default."""
     if config_file(args) is None:  # the settings of the server are not needed (nor imported)
         return Path(args.data_dir or os.environ.get("QLEVENTS_DATA_DIR") or DEFAULT_DATA_DIR)
-    from qlevents.cli.serve_settings import resolve
-
-    return resolve(args).settings.server.data_dir
+    return _resolve(args).settings.server.data_dir
 
 
 def store_settings(args: argparse.Namespace) -> StoreSettings:
@@ -146,9 +145,18 @@ def store_settings(args: argparse.Namespace) -> StoreSettings:
         from qlevents.store.factory import StoreSettings
 
         return from_env(StoreSettings)
-    from qlevents.cli.serve_settings import resolve
+    return _resolve(args).settings.server.storage
 
-    return resolve(args).settings.server.storage
+
+def _resolve(args: argparse.Namespace) -> Resolved:
+    try:
+        from qlevents.cli.serve_settings import resolve
+    except ImportError as exc:  # the server's settings come with its extra
+        raise CommandError(
+            f"reading a config file needs the server extra ({exc.name} is missing):"
+            " pip install 'qlevents[server]'"
+        ) from exc
+    return resolve(args)
 
 
 def default_endpoint(host: str, port: int) -> str:

@@ -24,7 +24,7 @@ install: $(VENV)/.installed-server
 dev: $(VENV)/.installed-dev
 
 serve: $(VENV)/.installed-server
-	$(BIN)/qlevents serve --host $(HOST) --port $(PORT)
+	$(BIN)/qlevents serve --demo --host $(HOST) --port $(PORT)
 
 lint: dev
 	$(BIN)/ruff check src tests bench reliability

@@ -201,7 +201,7 @@ def main() -> int:
         port, noop_port = free_port(), free_port()
         qlevents_cmd = [
             python, "-m", "qlevents", "serve", "--port", str(port), "--data-dir", str(data_dir),
-            "--no-access-log", "--log-level", "warning",
+            "--no-access-log", "--log-level", "warning", "--demo",
         ]  # fmt: skip
         noop_cmd = [python, str(HERE / "analytics_noop.py"), "--port", str(noop_port)]
         noop = f"http://127.0.0.1:{noop_port}"

@@ -36,10 +36,14 @@ def free_port() -> int:
 class RunningServer:
     """A ``qlevents serve`` subprocess and its data directory."""
 
-    def __init__(self, data_dir: Path, port: int, options: list[str], log_path: Path) -> None:
+    def __init__(
+        self, data_dir: Path, port: int, options: list[str], log_path: Path, *, demo: bool = True
+    ) -> None:
         self.data_dir = data_dir
         self.port = port
         self.options = options
+        #: Start with ``--demo``, which creates the account that ``client_key`` reads.
+        self.demo = demo
         self.log_path = log_path
         self.url = f"http://127.0.0.1:{port}"
         self.events_url = f"{self.url}/events"
@@ -52,6 +56,7 @@ class RunningServer:
         command = [
             sys.executable, "-m", "qlevents", "serve",
             "--port", str(self.port), "--data-dir", str(self.data_dir), *self.options,
+            *(["--demo"] if self.demo else []),
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -119,7 +124,7 @@ class RunningServer:
 
     @property
     def client_key(self) -> str:
-        """The key of the demo account ``serve`` creates on first run."""
+        """The key of the demo account ``serve --demo`` creates on first run."""
         book = AccountBook(self.data_dir)
         try:
             return next(a.client_key for a in book.all() if a.name == "demo")

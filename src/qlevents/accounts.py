@@ -23,6 +23,7 @@ from typing import Final, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from qlevents._exceptions import QleventsError
+from qlevents.sqlite_schema import Migration, check_readable, migrate, version_of
 
 ACCOUNTS_FILE: Final = "accounts.sqlite3"
 KEY_PREFIX: Final = "qlk_"
@@ -30,25 +31,87 @@ ACTIVE: Final = "active"
 DISABLED: Final = "disabled"
 Status = Literal["active", "disabled"]
 
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS accounts (
-    client_key TEXT PRIMARY KEY,
-    name       TEXT NOT NULL,
-    status     TEXT NOT NULL CHECK (status IN ('active', 'disabled')),
-    endpoint   TEXT,            -- NULL: homed on this installation
-    created_at TEXT NOT NULL,
-    rate_limit REAL,            -- events per second; NULL: the server's default; 0: unlimited
-    burst      REAL             -- bucket size; NULL: the server's default
-);
-CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS previous_keys (
-    client_key  TEXT PRIMARY KEY,
-    account_id  TEXT NOT NULL,
-    replaced_at REAL NOT NULL,  -- Unix time the account got a new key
-    expires_at  REAL NOT NULL   -- Unix time this key stops working
-);
-CREATE TABLE IF NOT EXISTS key_uses (client_key TEXT PRIMARY KEY, last_used_at REAL NOT NULL);
-"""
+
+def _book_0_1_0(conn: sqlite3.Connection) -> None:
+    """Version 1: the book of release 0.1.0 (books made before rate limits get the columns)."""
+    conn.execute(
+        """CREATE TABLE IF NOT EXISTS accounts (
+            client_key TEXT PRIMARY KEY,
+            name       TEXT NOT NULL,
+            status     TEXT NOT NULL CHECK (status IN ('active', 'disabled')),
+            endpoint   TEXT,            -- NULL: homed on this installation
+            created_at TEXT NOT NULL,
+            rate_limit REAL,            -- events per second; NULL: the server's default; 0: none
+            burst      REAL             -- bucket size; NULL: the server's default
+        )"""
+    )
+    conn.execute("CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(accounts)")}
+    for column in ("rate_limit", "burst"):
+        if column not in columns:
+            conn.execute(f"ALTER TABLE accounts ADD COLUMN {column} REAL")
+
+
+def _book_rotation_and_users(conn: sqlite3.Connection) -> None:
+    """Version 2: a stable id per account and replaced keys (rotation); the dashboard's users
+    and sessions."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(accounts)")}
+    if "id" not in columns:
+        conn.execute("ALTER TABLE accounts ADD COLUMN id TEXT")
+    conn.execute("UPDATE accounts SET id = 'acc_' || lower(hex(randomblob(6))) WHERE id IS NULL")
+    conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS accounts_id ON accounts (id)")
+    conn.execute(
+        """CREATE TABLE IF NOT EXISTS previous_keys (
+            client_key  TEXT PRIMARY KEY,
+            account_id  TEXT NOT NULL,
+            replaced_at REAL NOT NULL,  -- Unix time the account got a new key
+            expires_at  REAL NOT NULL   -- Unix time this key stops working
+        )"""
+    )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS key_uses"
+        " (client_key TEXT PRIMARY KEY, last_used_at REAL NOT NULL)"
+    )
+    conn.execute(
+        """CREATE TABLE IF NOT EXISTS users (
+            email         TEXT PRIMARY KEY,   -- lower case
+            password_hash TEXT NOT NULL,      -- argon2id, PHC string
+            role          TEXT NOT NULL CHECK (role IN ('operator', 'member')),
+            account_id    TEXT,               -- the account of a member; NULL for an operator
+            disabled      INTEGER NOT NULL DEFAULT 0,
+            created_at    REAL NOT NULL
+        )"""
+    )
+    conn.execute(
+        """CREATE TABLE IF NOT EXISTS sessions (
+            token_hash TEXT PRIMARY KEY,      -- sha256 of the cookie's token: a file holds none
+            email      TEXT NOT NULL,
+            csrf       TEXT NOT NULL,
+            expires_at REAL NOT NULL
+        )"""
+    )
+
+
+#: The account book's migrations (see :mod:`qlevents.sqlite_schema`).
+MIGRATIONS: Final[tuple[Migration, ...]] = (_book_0_1_0, _book_rotation_and_users)
+
+
+def connect_book(data_dir: Path) -> sqlite3.Connection:
+    """A writing connection to ``<data_dir>/accounts.sqlite3``, created and migrated."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / ACCOUNTS_FILE
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        migrate(conn, f"the account book {path}", MIGRATIONS)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 #: How long a replaced key keeps working by default.
 DEFAULT_GRACE_SECONDS: Final = 24 * 3600.0
 #: The longest grace period a rotation may give the old key.
@@ -177,31 +240,41 @@ def normalize_endpoint(url: str) -> str:
     return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, parts.query, ""))
 
 
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    """A connection that reads the book at ``path`` and writes nothing there: a missing book
+    reads as an empty one, an older one as its upgrade (made in memory)."""
+    memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    if path.exists():
+        on_disk = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            on_disk.execute("PRAGMA busy_timeout = 5000")
+            check_readable(on_disk, f"the account book {path}", len(MIGRATIONS))
+            if version_of(on_disk) == len(MIGRATIONS):
+                memory.close()
+                on_disk.close()
+                conn = sqlite3.connect(
+                    f"{path.absolute().as_uri()}?mode=ro", uri=True, check_same_thread=False
+                )
+                conn.execute("PRAGMA busy_timeout = 5000")
+                return conn
+            on_disk.backup(memory)
+        finally:
+            on_disk.close()
+    migrate(memory, f"the account book {path}", MIGRATIONS)
+    return memory
+
+
 class AccountBook:
     """The accounts of one data directory, read and written with SQLite."""
 
-    def __init__(self, data_dir: str | Path) -> None:
+    def __init__(self, data_dir: str | Path, *, readonly: bool = False) -> None:
+        """``readonly``: for commands that only read; creates nothing (a book that does not
+        exist reads as an empty one)."""
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(
-            self.data_dir / ACCOUNTS_FILE, isolation_level=None, check_same_thread=False
-        )
-        self._conn.execute("PRAGMA busy_timeout = 5000")
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = FULL")
-        self._conn.executescript(_SCHEMA)
-        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(accounts)")}
-        for column in ("rate_limit", "burst"):  # books made before rate limits existed
-            if column not in columns:
-                self._conn.execute(f"ALTER TABLE accounts ADD COLUMN {column} REAL")
-        if "id" not in columns:  # books made before key rotation: give each account an id
-            self._conn.execute("ALTER TABLE accounts ADD COLUMN id TEXT")
-        unnamed = self._conn.execute("SELECT client_key FROM accounts WHERE id IS NULL").fetchall()
-        for (key,) in unnamed:
-            self._conn.execute(
-                "UPDATE accounts SET id = ? WHERE client_key = ?", (new_account_id(), key)
-            )
-        self._conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS accounts_id ON accounts (id)")
+        if readonly:
+            self._conn = _open_readonly(self.data_dir / ACCOUNTS_FILE)
+            return
+        self._conn = connect_book(self.data_dir)
 
     def close(self) -> None:
         self._conn.close()

@@ -11,9 +11,14 @@ uses ``IF NOT EXISTS`` so that it fits both.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeAlias
 
 from qlevents._exceptions import QleventsError
+
+#: A migration: SQL statements, or a function of the connection for what SQL cannot say
+#: alone (a column that older files may or may not have).
+Migration: TypeAlias = "str | Callable[[sqlite3.Connection], None]"
 
 
 class SchemaVersionError(QleventsError):
@@ -40,7 +45,7 @@ def _newer(what: str, found: int, latest: int) -> str:
     )
 
 
-def migrate(conn: sqlite3.Connection, what: str, migrations: Sequence[str]) -> int:
+def migrate(conn: sqlite3.Connection, what: str, migrations: Sequence[Migration]) -> int:
     """Bring the database of ``conn`` (in autocommit mode) to ``len(migrations)``; return the
     version it had. ``what`` names the file in errors."""
     latest = len(migrations)
@@ -51,8 +56,11 @@ def migrate(conn: sqlite3.Connection, what: str, migrations: Sequence[str]) -> i
         found = version_of(conn)
         if found > latest:
             raise SchemaVersionError(_newer(what, found, latest))
-        for script in migrations[found:]:
-            for statement in _statements(script):
+        for step in migrations[found:]:
+            if callable(step):
+                step(conn)
+                continue
+            for statement in _statements(step):
                 conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {latest}")
         conn.execute("COMMIT")

@@ -23,7 +23,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from qlevents._exceptions import QleventsError
-from qlevents.accounts import ACCOUNTS_FILE
+from qlevents.accounts import connect_book
 
 OPERATOR: Final = "operator"
 MEMBER: Final = "member"
@@ -33,22 +33,6 @@ MAX_PASSWORD: Final = 1024
 #: How long a dashboard session lasts after sign-in.
 SESSION_SECONDS: Final = 12 * 3600.0
 
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS users (
-    email         TEXT PRIMARY KEY,   -- lower case
-    password_hash TEXT NOT NULL,      -- argon2id, PHC string
-    role          TEXT NOT NULL CHECK (role IN ('operator', 'member')),
-    account_id    TEXT,               -- the account of a member; NULL for an operator
-    disabled      INTEGER NOT NULL DEFAULT 0,
-    created_at    REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sessions (
-    token_hash TEXT PRIMARY KEY,      -- sha256 of the cookie's token: a stolen file holds none
-    email      TEXT NOT NULL,
-    csrf       TEXT NOT NULL,
-    expires_at REAL NOT NULL
-);
-"""
 # argon2-cffi's defaults are argon2id with RFC 9106's low-memory profile (64 MiB, t=3).
 _hasher: Final = PasswordHasher()
 
@@ -109,16 +93,9 @@ class UserStore:
     """The users and sessions of one data directory (thread-safe: one call at a time)."""
 
     def __init__(self, data_dir: str | Path) -> None:
-        path = Path(data_dir)
-        path.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(
-            path / ACCOUNTS_FILE, isolation_level=None, check_same_thread=False
-        )
+        # The users live in the account book's file (its migrations make their tables).
+        self._conn = connect_book(Path(data_dir))
         self._lock = threading.Lock()
-        self._conn.execute("PRAGMA busy_timeout = 5000")
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = FULL")
-        self._conn.executescript(_SCHEMA)
 
     def close(self) -> None:
         with self._lock:

@@ -13,12 +13,15 @@ import pytest
 from qlevents import QleventsError
 from qlevents._version import __version__
 from qlevents.cli import build_parser, main
+from qlevents.cli.common import Parser
 from qlevents.cli.errors import CommandError
 from tests.cli.conftest import RunCli
 
 
 def every_parser(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
-    """``parser`` and, depth first, the parsers of its subcommands."""
+    """``parser`` and, depth first, the parsers of its subcommands (with all their options)."""
+    if isinstance(parser, Parser):
+        parser.populated()
     yield parser
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -30,13 +33,18 @@ class TestMistakes:
     @pytest.mark.parametrize(
         ("argv", "usage", "commands"),
         [
-            ([], "usage: qlevents [", "serve, accounts, events, send, users"),
+            (
+                [],
+                "usage: qlevents [",
+                "serve, config, accounts, events, backup, restore, send, users",
+            ),
             (
                 ["accounts"],
                 "usage: qlevents accounts [",
                 "add, list, show, disable, enable, move, limit",
             ),
-            (["events"], "usage: qlevents events [", "export"),
+            (["events"], "usage: qlevents events [", "export, prune"),
+            (["config"], "usage: qlevents config [", "show"),
         ],
     )
     def test_a_missing_command_lists_the_commands(
@@ -57,7 +65,14 @@ class TestMistakes:
         assert "_action" not in err
 
     @pytest.mark.parametrize(
-        ("argv", "missing"), [(["accounts", "show"], "KEY"), (["send"], "FILE")]
+        ("argv", "missing"),
+        [
+            (["accounts", "show"], "ACCOUNT"),
+            (["send"], "FILE"),
+            (["backup"], "DEST"),
+            (["restore"], "SRC"),
+            (["events", "prune"], "--before"),
+        ],
     )
     def test_a_missing_argument_is_named_as_in_the_usage(
         self, cli: RunCli, argv: list[str], missing: str
@@ -73,6 +88,7 @@ class TestMistakes:
             (["serve", "--prot", "1"], "usage: qlevents serve ["),
             (["accounts", "add", "shop", "--endpont", "x"], "usage: qlevents accounts add ["),
             (["events", "export", "--aftr", "3"], "usage: qlevents events export ["),
+            (["config", "show", "--wrokers", "3"], "usage: qlevents config show ["),
             (["send", "events.ndjson", "--batchsize", "3"], "usage: qlevents send ["),
         ],
     )
@@ -114,9 +130,15 @@ class TestHelp:
 
     def test_help_shows_defaults_but_never_none(self) -> None:
         """Options with a default show it; options without one do not say 'None' or 'False'."""
-        pages = {parser.prog: parser.format_help() for parser in every_parser(build_parser())}
+        # white space as one space: where argparse wraps a line depends on the terminal
+        pages = {
+            parser.prog: " ".join(parser.format_help().split())
+            for parser in every_parser(build_parser())
+        }
         assert "port to listen on (default: 8080)" in pages["qlevents serve"]
         assert "events per request (default: 500)" in pages["qlevents send"]
+        assert "(default: http://HOST:PORT/events)" in pages["qlevents serve"]
+        assert "QLEVENTS_MAX_EVENTS" in pages["qlevents serve"]  # how options map to variables
         assert [prog for prog, page in pages.items() if "(default: None)" in page] == []
         assert [prog for prog, page in pages.items() if "(default: False)" in page] == []
 
@@ -145,4 +167,4 @@ class TestStarting:
             check=False,
         )
         assert done.returncode == 2
-        assert done.stderr.endswith("Error: a command is required: export\n")
+        assert done.stderr.endswith("Error: a command is required: export, prune\n")

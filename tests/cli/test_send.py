@@ -64,6 +64,48 @@ class TestSendCommand:
         assert "out_of_range" in out and "unknown_client_key" in out and "not_an_object" in out
         assert len(server.stored()) == 1
 
+    def test_a_bad_event_is_reported_by_its_line(
+        self, server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """NDJSON: each failure by its line number, blank lines counted, refused ones too."""
+        key = server.client_key
+        path = tmp_path / "events.ndjson"
+        lines = [view(key), view(key, price=-1), None, view("qlk_unknown"), view(key, price=-2)]
+        path.write_text("".join("\n" if e is None else json.dumps(e) + "\n" for e in lines))
+        code = main(["send", str(path), "--endpoint", server.events_url])
+        out = capsys.readouterr().out.splitlines()
+        assert code == 1
+        assert out[0] == "1 processed, 3 failed (1 request)."
+        assert out[1].split() == ["2", "out_of_range:", "line", "2:", "price", *out[1].split()[5:]]
+        assert out[1].endswith("(also line 5)")
+        assert out[2].split()[:4] == ["1", "unknown_client_key:", "line", "4:"]
+
+    def test_a_bad_event_of_an_array_is_reported_by_index_and_line(
+        self, server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A JSON array: the element's index and the line it starts on."""
+        path = tmp_path / "events.json"
+        good, bad = json.dumps(view(server.client_key)), json.dumps(view("k", price=-1))
+        path.write_text(f"[\n  {good},\n\n  {good}, {bad},\n  [1,\n2],\n  {good}\n]\n")
+        code = main(["send", str(path), "--endpoint", server.events_url])
+        out = capsys.readouterr().out
+        assert code == 1
+        assert out.startswith("3 processed, 2 failed (1 request).\n")
+        assert "  out_of_range: index 2 at line 4: price must be" in out
+        assert "  not_an_object: index 3 at line 5: an event must be a JSON object\n" in out
+
+    def test_a_line_that_is_not_json_is_named(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A broken NDJSON line stops the send before anything is sent, naming the line."""
+        path = tmp_path / "events.ndjson"
+        path.write_text(json.dumps(view("k")) + "\n" + '{"event": "view",\n')
+        code = main(["send", str(path), "--endpoint", "http://127.0.0.1:9/events"])
+        assert code == 1
+        assert capsys.readouterr().err.startswith(
+            f"Error: {path} is neither a JSON array nor NDJSON (one event per line): line 2: "
+        )
+
     def test_running_the_same_backfill_twice_stores_it_once(
         self, server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:

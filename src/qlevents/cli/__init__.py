@@ -1,10 +1,12 @@
 """The ``qlevents`` command line.
 
-One module per command group (``serve``, ``accounts``, ``events``, ``send``, ``users``),
-each with an ``add_parser(commands)`` and its handler; ``common`` holds what they share.
-User mistakes print ``Error: ...`` on stderr and exit 2 (usage) or 1 (refused), never a traceback
-(:class:`~qlevents.cli.errors.CommandError`). Every command that reads the data directory
-takes ``--data-dir`` (env ``QLEVENTS_DATA_DIR``, default ``./qlevents-data``).
+One module per command group (``serve``, ``config``, ``accounts``, ``events``, ``backup``
+and ``restore``, ``send``, ``users``), each with an ``add_parser(commands)`` and its
+handler; ``common`` holds what they share, ``serve_settings`` the settings of ``serve`` and
+where their values come from. User mistakes print ``Error: ...`` on stderr and exit 2
+(usage) or 1 (refused), never a traceback (:class:`~qlevents.cli.errors.CommandError`).
+Every command that uses the data directory takes ``--data-dir`` (env ``QLEVENTS_DATA_DIR``,
+default ``./qlevents-data``) and ``--config`` (a TOML file, env ``QLEVENTS_CONFIG``).
 
 Why argparse and not click: ``qlevents send`` ships with the SDK's base install (msgspec,
 httpx, certifi only), and click would add a dependency to every shop's install for one
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 
 from qlevents._exceptions import QleventsError
 from qlevents._version import __version__
-from qlevents.cli import accounts, events, send, serve, users
+from qlevents.cli import accounts, backup, config, events, send, serve, users
 from qlevents.cli.common import Parser, add_commands
 from qlevents.cli.errors import CommandError
 
@@ -30,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="qlevents", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"qlevents {__version__}")
     commands = add_commands(parser)
-    for group in (serve, accounts, events, send, users):
+    for group in (serve, config, accounts, events, backup, send, users):
         group.add_parser(commands)
     return parser
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 from qlevents.cli.common import (
     Commands,
@@ -16,6 +16,13 @@ from qlevents.cli.common import (
     default_endpoint,
 )
 from qlevents.cli.errors import CommandError
+
+if TYPE_CHECKING:
+    from qlevents.accounts import Account, AccountBook
+
+ACCOUNT_HELP: Final = "the account's client key, or its name"
+#: Actions that only read the book: they create nothing (a mistyped --data-dir is an error).
+READ_ONLY: Final = frozenset({"list", "show"})
 
 
 def add_parser(commands: Commands) -> None:
@@ -34,14 +41,14 @@ def add_parser(commands: Commands) -> None:
     for name, text in (("show", "show one account"), ("disable", "refuse its events"),
                        ("enable", "accept its events again")):  # fmt: skip
         action = actions.add_parser(name, parents=[common], help=text)
-        action.add_argument("key", metavar="KEY", help="the account's client key")
+        action.add_argument("account", metavar="ACCOUNT", help=ACCOUNT_HELP)
     move = actions.add_parser("move", parents=[common], help="home an account elsewhere")
-    move.add_argument("key", metavar="KEY", help="the account's client key")
+    move.add_argument("account", metavar="ACCOUNT", help=ACCOUNT_HELP)
     move.add_argument("--endpoint", required=True, help="the URL it is homed on from now")
     limit = actions.add_parser(
         "limit", parents=[common], help="set an account's rate limit (events per second)"
     )
-    limit.add_argument("key", metavar="KEY", help="the account's client key")
+    limit.add_argument("account", metavar="ACCOUNT", help=ACCOUNT_HELP)
     limit.add_argument(
         "--rate", required=True, help="events per second; 0: unlimited; 'default': the server's"
     )
@@ -52,12 +59,18 @@ def add_parser(commands: Commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Do ``args.action`` on the account book of the data directory and print the result."""
-    from qlevents.accounts import ACTIVE, DISABLED, AccountBook
+    from qlevents.accounts import ACCOUNTS_FILE, ACTIVE, DISABLED, AccountBook
+    from qlevents.datadir import require
 
-    book = AccountBook(data_dir_path(args))
+    action = args.action
+    data_dir = data_dir_path(args)
+    if action == "add":  # the first account may come before the first serve
+        book = AccountBook(data_dir)
+    else:  # without a book there is no account to change: nothing to create either
+        no_book = not (require(data_dir) / ACCOUNTS_FILE).exists()
+        book = AccountBook(data_dir, readonly=action in READ_ONLY or no_book)
     try:
         local = _local_endpoint(args, book)
-        action = args.action
         if action == "add":
             account = book.add(args.name, args.endpoint)
         elif action == "list":
@@ -72,19 +85,44 @@ def run(args: argparse.Namespace) -> int:
                     print(f"{a['name']:20} {a['client_key']:38} {a['status']:9} {a['endpoint']}")
             return 0
         elif action == "show":
-            account = book.get(args.key)
+            account = find(book, args.account)
         elif action in ("disable", "enable"):
-            account = book.set_status(args.key, DISABLED if action == "disable" else ACTIVE)
+            key = find(book, args.account).client_key
+            account = book.set_status(key, DISABLED if action == "disable" else ACTIVE)
         elif action == "limit":
             rate = None if args.rate == "default" else _number(args.rate, "--rate")
             burst = None if args.burst is None else _number(args.burst, "--burst")
-            account = book.set_limit(args.key, rate, burst)
+            account = book.set_limit(find(book, args.account).client_key, rate, burst)
         else:  # move
-            account = book.move(args.key, args.endpoint, local)
+            account = book.move(find(book, args.account).client_key, args.endpoint, local)
         _print_account(account.as_dict(local), args.json)
         return 0
     finally:
         book.close()
+
+
+def find(book: AccountBook, typed: str) -> Account:
+    """The account whose client key, else whose name, is ``typed``; a name that several
+    accounts share is refused with their keys."""
+    accounts = book.all()
+    for account in accounts:
+        if account.client_key == typed:
+            return account
+    name = typed.strip()
+    named = [a for a in accounts if a.name == name] or [
+        a for a in accounts if a.name.casefold() == name.casefold()
+    ]
+    if len(named) == 1:
+        return named[0]
+    if not named:
+        raise CommandError(
+            f"no account has the client key or name {typed!r} ('qlevents accounts list' shows them)"
+        )
+    candidates = "".join(f"\n  {a.client_key}  {a.name}  ({a.status}, created {a.created_at})"
+                         for a in named)  # fmt: skip
+    raise CommandError(
+        f"{len(named)} accounts are named {typed!r}; give the client key of one:{candidates}"
+    )
 
 
 def _local_endpoint(args: argparse.Namespace, book: Any) -> str:

@@ -1,20 +1,27 @@
-"""What the commands share: the parser, the ``--data-dir`` option, the local endpoint."""
+"""What the commands share: the parser, the data directory and config file options, the
+local endpoint."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, NoReturn, TypeAlias
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 from qlevents.cli.errors import CommandError
+
+if TYPE_CHECKING:
+    from qlevents.cli.serve_settings import Resolved
+    from qlevents.store.factory import StoreSettings
 
 #: Where each command module adds its parser (``commands.add_parser(...)``).
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 DEFAULT_DATA_DIR = "./qlevents-data"
+#: The environment variable naming the config file when ``--config`` is not given.
+CONFIG_VARIABLE = "QLEVENTS_CONFIG"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -29,22 +36,47 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 class Parser(argparse.ArgumentParser):
     """Reports a mistake with its own usage on stderr, then raises CommandError (exit 2).
 
-    An option it does not know is a mistake too, even in ``parse_known_args``.
+    An option it does not know is a mistake too, even in ``parse_known_args``. ``populate``
+    adds options when the parser is first used, not when it is built: ``serve``'s options
+    come from the server's settings, which ``qlevents send`` (in the SDK's install) must not
+    import.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        populate: Callable[[argparse.ArgumentParser], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+        self._populate = populate
+
+    def populated(self) -> Parser:
+        """This parser with every option it has (``populate`` runs once, on first use)."""
+        populate, self._populate = self._populate, None
+        if populate is not None:
+            populate(self)
+        return self
 
     def parse_known_args(
         self, args: Iterable[str] | None = None, namespace: Any = None
     ) -> tuple[Any, list[str]]:
+        self.populated()
         # argparse hands what a subcommand does not know up to the top parser, whose error
         # would show the top usage: refusing it here shows the subcommand's usage instead.
         parsed, unknown = super().parse_known_args(args, namespace)
         if unknown:
             self.error(f"unrecognized arguments: {' '.join(unknown)}")
         return parsed, unknown
+
+    def format_usage(self) -> str:
+        self.populated()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self.populated()
+        return super().format_help()
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -65,19 +97,66 @@ def add_commands(parser: argparse.ArgumentParser, dest: str = argparse.SUPPRESS)
     return commands
 
 
+def config_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config FILE``: settings from a TOML file (below the environment's)."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"a TOML file of settings, keys as 'qlevents config show' names them"
+        f" (env {CONFIG_VARIABLE})",
+    )
+
+
 def data_dir_option() -> Parser:
-    """A parent parser with ``--data-dir``, for the commands that read the data directory."""
+    """A parent parser with ``--data-dir`` and ``--config``, for the commands that use the
+    data directory."""
     parent = Parser(add_help=False)
     parent.add_argument(
         "--data-dir",
         help=f"data directory (env QLEVENTS_DATA_DIR; default: {DEFAULT_DATA_DIR})",
     )
+    config_option(parent)
     return parent
 
 
+def config_file(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> tuple[Path, str] | None:
+    """The config file to read, and what named it (``--config`` or the variable); or None."""
+    env = os.environ if environ is None else environ
+    if getattr(args, "config", None):
+        return Path(args.config), "--config"
+    if env.get(CONFIG_VARIABLE):
+        return Path(env[CONFIG_VARIABLE]), CONFIG_VARIABLE
+    return None
+
+
 def data_dir_path(args: argparse.Namespace) -> Path:
-    """``--data-dir``, else ``QLEVENTS_DATA_DIR``, else the default."""
-    return Path(args.data_dir or os.environ.get("QLEVENTS_DATA_DIR") or DEFAULT_DATA_DIR)
+    """``--data-dir``, else ``QLEVENTS_DATA_DIR``, else the config file's, else the default."""
+    if config_file(args) is None:  # the settings of the server are not needed (nor imported)
+        return Path(args.data_dir or os.environ.get("QLEVENTS_DATA_DIR") or DEFAULT_DATA_DIR)
+    return _resolve(args).settings.server.data_dir
+
+
+def store_settings(args: argparse.Namespace) -> StoreSettings:
+    """The event store's settings: from the environment, else the config file, else defaults."""
+    if config_file(args) is None:
+        from qlevents.settings import from_env
+        from qlevents.store.factory import StoreSettings
+
+        return from_env(StoreSettings)
+    return _resolve(args).settings.server.storage
+
+
+def _resolve(args: argparse.Namespace) -> Resolved:
+    try:
+        from qlevents.cli.serve_settings import resolve
+    except ImportError as exc:  # the server's settings come with its extra
+        raise CommandError(
+            f"reading a config file needs the server extra ({exc.name} is missing):"
+            " pip install 'qlevents[server]'"
+        ) from exc
+    return resolve(args)
 
 
 def default_endpoint(host: str, port: int) -> str:

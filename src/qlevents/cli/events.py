@@ -1,35 +1,77 @@
-"""``qlevents events export``: the stored events as NDJSON on stdout."""
+"""``qlevents events``: export the stored events (with their positions), prune old ones."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from datetime import UTC, date, datetime
+from typing import Final
 
-from qlevents.cli.common import Commands, add_commands, data_dir_option, data_dir_path
+from qlevents.cli.common import (
+    Commands,
+    add_commands,
+    data_dir_option,
+    data_dir_path,
+    store_settings,
+)
+from qlevents.cli.errors import CommandError
+
+#: Events read from the store at a time.
+EXPORT_PAGE: Final = 5000
+_DATE_ONLY: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def add_parser(commands: Commands) -> None:
-    """Add ``events`` and its subcommand ``export``."""
-    events = commands.add_parser("events", help="read stored events")
+    """Add ``events`` and its subcommands ``export`` and ``prune``."""
+    events = commands.add_parser("events", help="read stored events, or prune old ones")
     actions = add_commands(events)
     export = actions.add_parser(
-        "export", parents=[data_dir_option()], help="write stored events as NDJSON to stdout"
+        "export",
+        parents=[data_dir_option()],
+        help="write stored events as NDJSON to stdout, each with its position",
     )
     export.add_argument("--client-key", help="only this account's events")
-    export.add_argument("--after", type=int, default=0, help="start after this store position")
+    export.add_argument(
+        "--after",
+        type=int,
+        default=0,
+        metavar="POSITION",
+        help="only events after this position (the last one a previous export printed)",
+    )
     export.set_defaults(handler=run_export)
+    prune = actions.add_parser(
+        "prune",
+        parents=[data_dir_option()],
+        help="delete the events received before a date (the oldest part of the log)",
+    )
+    prune.add_argument(
+        "--before",
+        required=True,
+        metavar="DATE",
+        help="YYYY-MM-DD (midnight UTC) or an RFC 3339 time such as 2026-11-01T12:00:00+01:00",
+    )
+    prune.add_argument(
+        "--vacuum",
+        action="store_true",
+        help="then rewrite the whole file to give back all free space (writes wait meanwhile)",
+    )
+    prune.set_defaults(handler=run_prune)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """Write every stored event after ``--after`` (of one account, or all) to stdout."""
+    """Write every stored event after ``--after`` (of one account, or all) to stdout, each
+    line an object whose first field is the event's ``position``."""
     import asyncio
 
     import msgspec
 
-    from qlevents.settings import from_env
-    from qlevents.store.factory import StoreSettings, build_store
+    from qlevents.datadir import require
+    from qlevents.store.factory import build_store
 
-    store = build_store(from_env(StoreSettings), data_dir_path(args), read_only=True)
+    if args.after < 0:
+        raise CommandError(f"--after must be a position (0 or more); got {args.after}", 2)
+    store = build_store(store_settings(args), require(data_dir_path(args)), read_only=True)
     encoder = msgspec.json.Encoder()
     out = sys.stdout.buffer
 
@@ -39,8 +81,9 @@ def run_export(args: argparse.Namespace) -> int:
             position = args.after
             while True:
                 batch = await store.read(position, EXPORT_PAGE, args.client_key)
-                for position, event in batch:  # noqa: B007 - the last position carries on
-                    out.write(encoder.encode(event) + b"\n")
+                for position, event in batch:  # the last position carries on
+                    # {"position": N, <the event's fields>}: the event encodes as an object.
+                    out.write(b'{"position":%d,' % position + encoder.encode(event)[1:] + b"\n")
                 if len(batch) < EXPORT_PAGE:
                     break
         finally:
@@ -51,5 +94,47 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Events read from the store at a time.
-EXPORT_PAGE = 5000
+def run_prune(args: argparse.Namespace) -> int:
+    """Delete the events received before ``--before`` and say what was removed."""
+    from qlevents.datadir import require
+    from qlevents.store.factory import build_store
+    from qlevents.store.sqlite import SQLiteEventStore
+
+    cutoff = parse_cutoff(args.before)
+    # read_only: no writer process is started and a missing store is an error; prune_sync
+    # deletes through a connection of its own, beside a running server's writer.
+    store = build_store(store_settings(args), require(data_dir_path(args)), read_only=True)
+    if not isinstance(store, SQLiteEventStore):
+        raise CommandError("this store keeps nothing on disk: there is nothing to prune")
+    received_before = cutoff.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # as received_at is written
+    shown = received_before if cutoff.microsecond else cutoff.strftime("%Y-%m-%dT%H:%M:%SZ")
+    pruned = store.prune_sync(received_before, vacuum=args.vacuum)
+    if not pruned.events:
+        print(f"No event was received before {shown}: nothing pruned.")
+    else:
+        print(
+            f"Pruned {pruned.events:,} event{'' if pruned.events == 1 else 's'} received"
+            f" before {shown}"
+            f" (positions up to {pruned.through}); {pruned.bytes_freed or 0:,} bytes freed."
+        )
+    return 0
+
+
+def parse_cutoff(text: str) -> datetime:
+    """``YYYY-MM-DD`` (midnight UTC) or an RFC 3339 time with its offset, in UTC."""
+    try:
+        if _DATE_ONLY.fullmatch(text):
+            return datetime.combine(date.fromisoformat(text), datetime.min.time(), UTC)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise CommandError(
+            f"--before {text!r} is neither a date (2026-11-01) nor an RFC 3339 time"
+            " (2026-11-01T12:00:00Z)",
+            exit_code=2,
+        ) from None
+    if moment.tzinfo is None:
+        raise CommandError(
+            f"--before {text!r} has no time zone: add Z (UTC) or an offset such as +01:00",
+            exit_code=2,
+        )
+    return moment.astimezone(UTC)

@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import sys
 import time
-from collections import Counter
-from collections.abc import Iterator
 from typing import IO, Any, Final
 
 import msgspec
@@ -30,6 +29,7 @@ from qlevents.validation import convert_event
 
 _decode: Final = msgspec.json.decode
 _encode: Final = msgspec.json.Encoder().encode
+_AT_BYTE: Final = re.compile(r"\(byte (\d+)\)")
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -58,7 +58,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     send.set_defaults(handler=run)
 
 
-def _read(path: str) -> list[Any]:
+def _read(path: str) -> list[tuple[str, Any]]:
+    """The file's values, each with where it is: ``line 7`` (NDJSON), ``index 3 at line 12``
+    (a JSON array)."""
     try:
         if path == "-":
             data = sys.stdin.buffer.read()
@@ -67,17 +69,41 @@ def _read(path: str) -> list[Any]:
                 data = file.read()
     except OSError as exc:
         raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    text = data.lstrip()
+    if data.lstrip().startswith(b"["):
+        return _read_array(path, data)
+    located = []
+    for number, line in enumerate(data.splitlines(), 1):
+        if line.strip():
+            try:
+                located.append((f"line {number}", _decode(line)))
+            except msgspec.DecodeError as exc:
+                raise CommandError(
+                    f"{path} is neither a JSON array nor NDJSON (one event per line):"
+                    f" line {number}: {exc}"
+                ) from None
+    return located
+
+
+def _read_array(path: str, data: bytes) -> list[tuple[str, Any]]:
     try:
-        if text.startswith(b"["):
-            events = _decode(text)
-            assert isinstance(events, list)
-            return events
-        return [_decode(line) for line in data.splitlines() if line.strip()]
+        raws = _decode(data, type=list[msgspec.Raw])
     except msgspec.DecodeError as exc:
-        raise CommandError(
-            f"{path} is neither a JSON array nor NDJSON (one event per line): {exc}"
-        ) from None
+        found = _AT_BYTE.search(str(exc))
+        line = data.count(b"\n", 0, int(found.group(1))) + 1 if found else 0
+        where = f" (line {line})" if line else ""
+        raise CommandError(f"{path} is not a valid JSON array: {exc}{where}") from None
+    located = []
+    cursor = line = 0
+    for index, raw in enumerate(raws):
+        text = bytes(raw)
+        # Between two elements there is only white space and a comma: the first match
+        # after the previous element is this one.
+        start = data.index(text, cursor)
+        line += data.count(b"\n", cursor, start)
+        cursor = start + len(text)
+        located.append((f"index {index} at line {line + 1}", _decode(text)))
+        line += text.count(b"\n")
+    return located
 
 
 class _Progress:
@@ -106,13 +132,6 @@ class _Progress:
             self.stream.flush()
 
 
-def _chunks(
-    events: list[ViewEvent | ConversionEvent], size: int
-) -> Iterator[list[ViewEvent | ConversionEvent]]:
-    for start in range(0, len(events), size):
-        yield events[start : start + size]
-
-
 def run(args: argparse.Namespace) -> int:
     """Check the file's events, send the valid ones in batches, print a summary."""
     if not 1 <= args.batch_size <= MAX_EVENTS_PER_REQUEST:
@@ -120,24 +139,22 @@ def run(args: argparse.Namespace) -> int:
     endpoint = args.endpoint or os.environ.get("QLEVENTS_ENDPOINT") or DEFAULT_ENDPOINT
     key = args.client_key or os.environ.get("QLEVENTS_CLIENT_KEY") or ""
     given = _read(args.file)
-    reasons: Counter[str] = Counter()
-    examples: dict[str, str] = {}
+    failures = _Failures()
     valid: list[ViewEvent | ConversionEvent] = []
-    for index, event in enumerate(given):
+    places: list[str] = []  # where each valid event is in the file
+    for where, event in given:
         if isinstance(event, dict) and "client_key" not in event and key:
             event = {"client_key": key, **event}  # noqa: PLW2901
         checked = convert_event(event) if isinstance(event, dict) else None
-        if checked is None or isinstance(checked, list):
-            problems = checked or []
-            code = problems[0].code if problems else "not_an_object"
-            reasons[code] += 1
-            examples.setdefault(
-                code, f"event {index}: {problems[0].message}" if problems else f"event {index}"
-            )
-            continue
-        valid.append(checked)
-    processed = failed = requests = answered = 0
-    failed += sum(reasons.values())
+        if checked is None:
+            failures.add("not_an_object", where, "an event must be a JSON object")
+        elif isinstance(checked, list):
+            failures.add(checked[0].code, where, checked[0].message)
+        else:
+            valid.append(checked)
+            places.append(where)
+    processed = requests = answered = 0
+    failed = len(failures)
     progress = _Progress(len(given), sys.stderr)
     progress.show(failed)
     try:
@@ -150,13 +167,14 @@ def run(args: argparse.Namespace) -> int:
     except QleventsError as exc:
         raise CommandError(str(exc), exit_code=2) from exc
     try:
-        for chunk in _chunks(valid, args.batch_size):
+        for start in range(0, len(valid), args.batch_size):
+            chunk = valid[start : start + args.batch_size]
             digest = hashlib.blake2b(body([_encode(e) for e in chunk]), digest_size=16)
             try:
                 result = client.send(chunk, idempotency_key=f"qlevents-send-{digest.hexdigest()}")
             except TransportError as exc:
                 progress.end()
-                _summary(processed, failed, requests, reasons, examples)
+                _summary(processed, failed, requests, failures)
                 raise CommandError(
                     f"{exc}; {len(valid) - answered} events were not sent. Re-run the same"
                     " command: what was stored already is not stored twice."
@@ -166,24 +184,53 @@ def run(args: argparse.Namespace) -> int:
             processed += len(result.processed)
             failed += len(result.failed)
             seen: set[int | None] = set()
-            for error in result.errors:
+            for error in result.errors:  # an event's first problem names why it failed
                 if error.index in seen:
                     continue
                 seen.add(error.index)
-                reasons[error.code] += 1 if error.index is not None else len(chunk)
-                examples.setdefault(error.code, error.message)
+                indexes = range(len(chunk)) if error.index is None else [error.index]
+                for index in indexes:
+                    failures.add(error.code, places[start + index], error.message)
             progress.show(processed + failed)
     finally:
         client.close()
     progress.end()
-    _summary(processed, failed, requests, reasons, examples)
+    _summary(processed, failed, requests, failures)
     return 0 if not failed else 1
 
 
-def _summary(
-    processed: int, failed: int, requests: int, reasons: Counter[str], examples: dict[str, str]
-) -> None:
+class _Failures:
+    """Failed events by the code of their first problem: where each is, one message each."""
+
+    #: Places listed after a code's example.
+    SHOWN: Final = 5
+
+    def __init__(self) -> None:
+        self.places: dict[str, list[str]] = {}
+        self.examples: dict[str, str] = {}
+
+    def add(self, code: str, where: str, message: str) -> None:
+        self.places.setdefault(code, []).append(where)
+        self.examples.setdefault(code, f"{where}: {message}")
+
+    def __len__(self) -> int:
+        return sum(len(places) for places in self.places.values())
+
+    def lines(self) -> list[str]:
+        """One line per code, most frequent first: the count, the first example, where else."""
+        lines = []
+        for code, places in sorted(self.places.items(), key=lambda item: -len(item[1])):
+            line = f"  {len(places):>8}  {code}: {self.examples[code]}"
+            also = places[1 : 1 + self.SHOWN]
+            if also:
+                more = len(places) - 1 - len(also)
+                line += f" (also {', '.join(also)}{f' and {more:,} more' if more else ''})"
+            lines.append(line)
+        return lines
+
+
+def _summary(processed: int, failed: int, requests: int, failures: _Failures) -> None:
     plural = "" if requests == 1 else "s"
     print(f"{processed} processed, {failed} failed ({requests} request{plural}).")
-    for code, count in reasons.most_common():
-        print(f"  {count:>8}  {code}: {examples.get(code, '')}")
+    for line in failures.lines():
+        print(line)

@@ -95,7 +95,7 @@ class TestRestore:
         with pytest.raises(BackupError, match="already holds"):
             restore(made, target)
         (target / "events.sqlite3-wal").write_bytes(b"stale")
-        assert restore(made, target, force=True) == ["accounts.sqlite3", "events.sqlite3"]
+        assert restore(made, target, force=True) == ["events.sqlite3", "accounts.sqlite3"]
         assert not (target / "events.sqlite3-wal").exists()
 
     def test_refuses_what_is_not_a_backup(self, tmp_path: Path) -> None:

@@ -24,9 +24,10 @@ from qlevents._version import __version__
 from qlevents.sqlite_schema import version_of
 
 MANIFEST: Final = "MANIFEST.json"
-#: The data directory's databases, in the order they are copied: the account book first,
-#: so that every event in the copy has its account in it too.
-DATABASES: Final = ("accounts.sqlite3", "activity.sqlite3", "events.sqlite3")
+#: The data directory's databases, in the order they are copied: the events first, the
+#: account book last, so that every event in the copy has its account in it too (accounts
+#: are never deleted, so a later copy of the book holds every earlier one's).
+DATABASES: Final = ("events.sqlite3", "activity.sqlite3", "accounts.sqlite3")
 
 
 class BackupError(QleventsError):
@@ -44,7 +45,7 @@ class BackedUp:
 
 def backup(data_dir: Path, dest: Path) -> list[BackedUp]:
     """Copy the databases of ``data_dir`` into the new directory ``dest``, online."""
-    if not (data_dir / "events.sqlite3").exists() and not (data_dir / DATABASES[0]).exists():
+    if not any((data_dir / name).exists() for name in DATABASES):
         raise BackupError(f"no data directory at {data_dir}: nothing to back up")
     if dest.exists() and any(dest.iterdir()):
         raise BackupError(f"{dest} exists and is not empty; give a new directory")

@@ -21,7 +21,7 @@ class TestBackupAndRestore:
         assert "accounts.sqlite3" in out and "events.sqlite3" in out
         code, out, err = cli("restore", str(tmp_path / "b"), "--data-dir", str(tmp_path / "new"))
         assert code == 0, err
-        assert out.startswith("Restored accounts.sqlite3, ")
+        assert out.startswith("Restored events.sqlite3, ")
         _, out, _ = cli("events", "export", "--data-dir", str(tmp_path / "new"))
         assert [json.loads(line)["product_id"] for line in out.splitlines()] == [
             f"p{i}" for i in range(5)

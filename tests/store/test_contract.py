@@ -122,6 +122,18 @@ class TestPrune:
         assert await store.read() == before[3:]
         assert await store.read(after=before[0][0]) == before[3:]
 
+    async def test_the_newest_event_stays_so_positions_are_never_reused(
+        self, store: EventStore
+    ) -> None:
+        """Pruning everything keeps the newest event; the next append gets a higher position."""
+        await store.append(stored(3))
+        before = await store.read()
+        pruned = await store.prune("2099-01-01T00:00:00.000000Z")
+        assert pruned.events == 2
+        assert await store.read() == before[2:]
+        await store.append(stored(1, prefix="next"))
+        assert (await store.read())[-1][0] > before[-1][0]
+
     async def test_nothing_old_prunes_nothing(self, store: EventStore) -> None:
         """A cut before every event removes nothing."""
         await store.append(stored(2))
@@ -134,5 +146,6 @@ class TestPrune:
         old = [replace(e, received_at="2026-01-01T00:00:00.000000Z") for e in stored(2)]
         await store.append(old, record(response=b"first"))
         await store.prune("2026-06-01T00:00:00.000000Z")
+        kept = await store.read()  # the newest event stays
         assert await store.append(old, record()) == Replay(b"f1", b"first")
-        assert await store.read() == []
+        assert await store.read() == kept

@@ -30,8 +30,9 @@ events became readable, never reused, stable for as long as the event is kept (a
 resumes after the last position it saw). Positions need not be consecutive.
 
 **Pruning.** ``prune`` removes the longest prefix of the log whose events were all received
-before a time: what remains keeps its positions, and a reader that had not reached the
-pruned part resumes at the first event kept. Idempotency claims are not pruned with their
+before a time, except the newest event of the log, which always stays (so that a position is
+never handed out twice): what remains keeps its positions, and a reader that had not reached
+the pruned part resumes at the first event kept. Idempotency claims are not pruned with their
 events: a retry within 24 h is still answered as a replay and stores nothing again.
 
 **Read-only use.** A store built for reading (``qlevents events export``) must not create

@@ -417,13 +417,20 @@ class SQLiteEventStore(EventStore):
             while True:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    # The newest event stays, whatever its age: SQLite gives a new row the
+                    # largest position + 1, so an empty table would hand out 1 again.
+                    (newest,) = conn.execute("SELECT max(position) FROM events").fetchone()
                     rows = conn.execute(
                         "SELECT position, received_at FROM events WHERE position > ?"
                         " ORDER BY position LIMIT ?",
                         (through, _PRUNE_ROWS),
                     ).fetchall()
                     old = 0
-                    while old < len(rows) and rows[old][1] < received_before:
+                    while (
+                        old < len(rows)
+                        and rows[old][1] < received_before
+                        and rows[old][0] != newest
+                    ):
                         old += 1
                     if old:
                         conn.execute("DELETE FROM events WHERE position <= ?", (rows[old - 1][0],))

@@ -260,7 +260,7 @@ class TestDroppedClient:
 
         client = Client(server.client_key, server.events_url, flush_interval=0.05)
         sent = views(client, 5)
-        worker = client._worker
+        worker = client._sender
         del client
         gc.collect()
         assert worker is not None

@@ -65,16 +65,31 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _close_at_exit(client: BaseClient[Any, Any]) -> None:
+    try:
+        client._close_at_exit()
+    except Exception:
+        log.exception("closing the qlevents client at exit failed")
+
+
 def _exit_hook(ref: weakref.ref[BaseClient[Any, Any]]) -> Callable[[], None]:
     def close_at_exit() -> None:
         client = ref()
         if client is not None:
-            try:
-                client._close_at_exit()
-            except Exception:
-                log.exception("closing the qlevents client at exit failed")
+            _close_at_exit(client)
 
     return close_at_exit
+
+
+#: Clients dropped unclosed while their sender had work left: kept until it is done, so that
+#: interpreter exit can still deliver what they queued (see ``BaseClient.__del__``).
+_orphans: set[BaseClient[Any, Any]] = set()
+
+
+@atexit.register
+def _close_orphans() -> None:
+    for client in list(_orphans):
+        _close_at_exit(client)
 
 
 class BaseClient(_build.EventMethods, Generic[TransportT, SenderT]):
@@ -336,11 +351,22 @@ class BaseClient(_build.EventMethods, Generic[TransportT, SenderT]):
             self._spool.close()
 
     def __del__(self) -> None:
-        # Dropped without close(): let the sender drain the queue and end, not linger.
+        # Dropped without close(): let the sender drain the queue and end, not linger. Until
+        # it has, the client is kept (resurrected) for the exit hook, should the process end
+        # first (or, for a task, its event loop).
         sender = getattr(self, "_sender", None)
-        if sender is not None and self._state is State.OPEN and self._pid == os.getpid():
-            sender.orphaned = True
-            self._source.stop()
+        if sender is None or sender.ended or self._state is not State.OPEN:
+            return
+        if self._pid != os.getpid():
+            return
+        _orphans.add(self)
+        sender.orphaned = True
+        sender.on_end = self._release
+        self._source.stop()
+
+    def _release(self) -> None:
+        if not self._source.pending():
+            _orphans.discard(self)
 
     # --- counters ------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from qlevents.client._batch import Batch, Source
@@ -68,8 +68,15 @@ class Sender:
         self.orphaned = False
         #: It has returned (stopped, aborted, or cancelled with its event loop).
         self.ended = False
+        #: Called once it has returned.
+        self.on_end: Callable[[], None] | None = None
         #: The batch being delivered: handed out again if the sender is cancelled.
         self.in_flight: Batch | None = None
+
+    def finished(self) -> None:
+        self.ended = True
+        if self.on_end is not None:
+            self.on_end()
 
     def begin(self, batch: Batch) -> Delivery:
         batch.key = batch.key or new_idempotency_key()

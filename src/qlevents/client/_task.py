@@ -123,7 +123,7 @@ class SenderTask(Sender):
             return True
         if not own.is_running():
             self.abandon()
-            self.ended = True
+            self.finished()
         return False
 
     async def stop(self, deadline: float) -> None:
@@ -146,13 +146,13 @@ class SenderTask(Sender):
     async def _run(self) -> None:
         try:
             await self._loop()
+            if self.orphaned:
+                await self.transport.aclose()
         except asyncio.CancelledError:
             self.abandon()  # its loop is going away: the batch goes back, same key
             raise
         finally:
-            self.ended = True
-        if self.orphaned:
-            await self.transport.aclose()
+            self.finished()
 
     async def _loop(self) -> None:
         while True:

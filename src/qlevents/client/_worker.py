@@ -122,9 +122,9 @@ class Worker(Sender):
         try:
             self._loop()
         finally:
-            self.ended = True
             if self.orphaned:
                 self.transport.close()
+            self.finished()
 
     def _loop(self) -> None:
         while True:

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from qlevents import Answer, AsyncClient, ClientClosedError, ClientError
+from qlevents import Answer, AsyncClient, ClientError
 from qlevents.testing import AsyncRecordingTransport
 from tests.client.conftest import FAST, product_ids, run_script
-from tests.client.faults import FaultProxy, Reset, Status
 from tests.support import RunningServer, conversion, free_port, view
 
 PERMALINK = "https://s.example/"
 
 
 class TestAsyncClient:
+    # Retries and closing are asserted for both clients (test_worker.py, test_client.py).
     def test_views_and_conversions_are_stored(self, server: RunningServer) -> None:
         """view()/conversion() from a coroutine, then await flush(): all stored once."""
 
@@ -52,35 +52,6 @@ class TestAsyncClient:
 
         asyncio.run(main())
         assert len(server.stored()) == 1
-
-    def test_5xx_and_resets_are_retried_with_one_key(
-        self, server: RunningServer, proxy: FaultProxy
-    ) -> None:
-        """The task retries like the thread does: same Idempotency-Key, stored once."""
-        proxy.add(Status(503, retry_after="0"), Reset())
-
-        async def main() -> None:
-            async with AsyncClient(server.client_key, proxy.url, **FAST) as client:
-                for i in range(5):
-                    client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
-                assert await client.flush(20)
-
-        asyncio.run(main())
-        assert len(proxy.seen) == 3 and len(set(proxy.keys)) == 1
-        assert product_ids(server.stored()) == [f"p{i}" for i in range(5)]
-
-    def test_closed_client_refuses_events(self) -> None:
-        """After await close(), view() raises ClientClosedError."""
-
-        async def main() -> None:
-            client = AsyncClient(
-                "k", "http://127.0.0.1:9/events", transport=AsyncRecordingTransport()
-            )
-            await client.close()
-            with pytest.raises(ClientClosedError):
-                client.view(product_id="p", price=1, permalink="https://s.example/")
-
-        asyncio.run(main())
 
     def test_outside_an_event_loop_is_a_clear_error(self) -> None:
         """Queuing with no running loop says to use Client instead."""
@@ -146,6 +117,49 @@ class TestLoops:
         assert [e["product_id"] for e in again.events] == ["p0", "p1", "p2"]
         stats = client.stats()
         assert stats["processed"] == 3 and stats["sent"] == 3 and stats["dropped"] == 0
+
+    def test_close_is_bounded_when_the_transport_never_answers(self) -> None:
+        """close(0) with a post that hangs: the task is cancelled after its grace, and the
+        batch is counted dropped and given to on_failure, not lost silently."""
+        transport = HangsFirst()
+        failures: list[str] = []
+        client = AsyncClient(
+            "k", "https://evt.example/events", transport=transport, connect_timeout=0.01,
+            timeout=0.01, flush_interval=0.01,
+            on_failure=lambda event, errors: failures.append(errors[0].code),
+        )  # fmt: skip
+
+        async def main() -> None:
+            transport.started = asyncio.Event()
+            client.view(product_id="p", price=1, permalink=PERMALINK)
+            await asyncio.wait_for(transport.started.wait(), 30)
+            await client.close(timeout=0)
+
+        asyncio.run(main())
+        assert failures == ["not_delivered"]
+        assert client.stats()["dropped"] == 1 and client.stats()["pending"] == 0
+
+    def test_a_loop_closed_under_its_task_is_taken_over(self) -> None:
+        """A loop closed without cancelling the sender (no asyncio.run): the next loop's
+        flush starts a sender of its own and delivers."""
+        transport = AsyncRecordingTransport()
+        client = AsyncClient("k", "https://evt.example/events", transport=transport, **FAST)
+
+        async def queue() -> None:
+            client.view(product_id="p", price=1, permalink=PERMALINK)
+
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(queue())
+        abandoned = client._sender
+        loop.close()
+
+        async def later() -> None:
+            assert await client.flush(10)
+            await client.close()
+
+        asyncio.run(later())
+        assert abandoned is not None and abandoned.ended and client._sender is not abandoned
+        assert [e["product_id"] for e in transport.events] == ["p"]
 
     def test_unclosed_client_still_delivers_while_the_loop_lives(
         self, server: RunningServer

@@ -15,7 +15,8 @@ from qlevents import (
     EventValidationError,
     TransportError,
 )
-from qlevents.testing import RecordingTransport
+from qlevents.events import ErrorEntry
+from qlevents.testing import RecordingTransport, answer
 from tests.client.conftest import both_clients, eventually, product_ids
 from tests.support import RunningServer, conversion, free_port, view
 
@@ -215,6 +216,13 @@ class TestSend:
         with pytest.raises(TransportError, match="not delivered"):
             client.send([view("k")])
 
+    def test_nothing_to_send_sends_nothing(self, make_client: MakeClient) -> None:
+        """send([]) answers an empty result without a request."""
+        transport = RecordingTransport()
+        client = make_client("k", NOWHERE, transport=transport)
+        result = client.send([])
+        assert result.ok and result.processed == [] and transport.requests == []
+
     def test_more_than_one_request_can_hold_is_refused(self, make_client: MakeClient) -> None:
         """A group over the server's limit of 1000 events is refused before sending."""
         client = make_client("k", NOWHERE)
@@ -231,6 +239,8 @@ class TestLifecycle:
         client.close()  # twice is fine
         with pytest.raises(ClientClosedError):
             client.view(product_id="p", price=1, permalink="https://s.example/")
+        with pytest.raises(ClientClosedError):
+            client.send([view("k")])
 
     def test_flush_times_out_and_says_what_is_pending(
         self, make_client: MakeClient, caplog: pytest.LogCaptureFixture
@@ -257,6 +267,74 @@ class TestLifecycle:
         client.close(timeout=0.5)
         assert client.stats()["dropped"] == 1
         assert failures == ["not_delivered"]
+
+
+@both_clients
+class TestSenderSurvives:
+    def test_an_on_failure_that_raises_is_logged(
+        self, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A broken on_failure callback: logged with its traceback; the sender carries on."""
+
+        def on_failure(event: object, errors: object) -> None:
+            raise RuntimeError("the callback is broken")
+
+        refused = [answer(400, [ErrorEntry(None, None, "refused", "no.")])]
+        transport = RecordingTransport(lambda request: refused.pop() if refused else None)
+        client = make_client("k", NOWHERE, transport=transport, on_failure=on_failure)
+        client.view(product_id="refused", price=1, permalink="https://s.example/")
+        assert client.flush(10)
+        client.view(product_id="after", price=1, permalink="https://s.example/")
+        assert client.flush(10)
+        assert "the on_failure callback raised" in caplog.text
+        assert [e["product_id"] for e in transport.events][-1] == "after"
+
+    def test_a_fault_in_the_sender_loses_only_its_batch(
+        self, make_client: MakeClient, caplog: pytest.LogCaptureFixture, monkeypatch: Any
+    ) -> None:
+        """An exception delivering one batch: it is dropped and counted; the next is sent."""
+        from qlevents.client import _sender
+
+        faults = [RuntimeError("injected")]
+        real = _sender.Delivery
+
+        def delivery(*args: Any, **kwargs: Any) -> Any:
+            if faults:
+                raise faults.pop()
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(_sender, "Delivery", delivery)
+        transport = RecordingTransport()
+        client = make_client("k", NOWHERE, transport=transport)
+        client.enqueue([view("k", product_id="lost"), view("k", product_id="lost")])
+        assert client.flush(10) is False
+        client.view(product_id="sent", price=1, permalink="https://s.example/")
+        assert client.flush(10)
+        assert "the sender failed on a batch of 2 events" in caplog.text
+        assert client.stats()["dropped"] == 2
+        assert [e["product_id"] for e in transport.events] == ["sent"]
+
+    def test_a_fault_reading_the_queue_is_retried(
+        self, make_client: MakeClient, caplog: pytest.LogCaptureFixture, monkeypatch: Any
+    ) -> None:
+        """The queue failing once under the sender: logged, and it tries again."""
+        from qlevents.client._queue import EventQueue
+
+        faults = [OSError("injected")]
+        real = EventQueue.poll
+
+        def poll(self: EventQueue) -> Any:
+            if faults:
+                raise faults.pop()
+            return real(self)
+
+        monkeypatch.setattr(EventQueue, "poll", poll)
+        transport = RecordingTransport()
+        client = make_client("k", NOWHERE, transport=transport)
+        client.view(product_id="p", price=1, permalink="https://s.example/")
+        assert client.flush(10)
+        assert "the sender could not read its queue" in caplog.text
+        assert [e["product_id"] for e in transport.events] == ["p"]
 
 
 @both_clients

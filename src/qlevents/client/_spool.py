@@ -1,9 +1,9 @@
 """The durable spool: queued events kept in SQLite until the server has answered for them.
 
-``put`` commits in the caller's thread before ``view()`` returns. WAL with
-``synchronous=NORMAL``: a commit is in the operating system's page cache when it returns,
-so it survives the process being killed (SIGKILL, OOM, a crash); only a power loss or kernel
-crash can lose the last commits. A batch is formed and its Idempotency-Key committed
+``put`` commits in the caller's thread (or on its event loop) before ``view()`` returns.
+WAL with ``synchronous=NORMAL``: a commit is in the operating system's page cache when it
+returns, so it survives the process being killed (SIGKILL, OOM, a crash); only a power loss
+or kernel crash can lose the last commits. A batch is formed and its Idempotency-Key committed
 *before* its first send, so a client restarted on the spool sends the same body with the
 same key and the server stores it once. One process at a time sends from a spool: the one
 holding the lock file (``flock``, released by the kernel when its holder dies); the others

@@ -1,27 +1,32 @@
-"""Client: events built and checked at the call site, queued, sent in batches, stored."""
+"""Client and AsyncClient: events built and checked at the call site, queued, sent in batches,
+stored. Tests marked ``@both_clients`` run with each (see conftest.py)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from qlevents import (
-    Client,
     ClientClosedError,
     ClientError,
     EventValidationError,
     TransportError,
 )
-from qlevents.testing import RecordingTransport
-from tests.client.conftest import eventually, product_ids
+from qlevents.events import ErrorEntry
+from qlevents.testing import RecordingTransport, answer
+from tests.client.conftest import both_clients, eventually, product_ids
 from tests.support import RunningServer, conversion, free_port, view
 
-MakeClient = Callable[..., Client]
+MakeClient = Callable[..., Any]
+#: An endpoint nothing listens on; the tests that use it record instead of sending.
+NOWHERE = "http://127.0.0.1:9/events"
 
 
 class TestEventsReachTheStore:
+    @both_clients
     def test_view_is_stored_as_given(self, server: RunningServer, make_client: MakeClient) -> None:
         """view() with every field lands in the store with those fields."""
         client = make_client(server.client_key, server.events_url)
@@ -39,6 +44,7 @@ class TestEventsReachTheStore:
         assert stored["price"] == 123.41 and stored["vid"] == "DASDAS-#CCCC-NA"
         assert stored["tags"] == ["user:new"] and stored["channels"] == ["online"]
 
+    @both_clients
     def test_conversion_total_is_decimal_exact(
         self, server: RunningServer, make_client: MakeClient
     ) -> None:
@@ -75,24 +81,27 @@ class TestEventsReachTheStore:
         assert stats["dropped"] == stats["failed"] == stats["pending"] == 0
 
 
+@both_clients
 class TestLocalValidation:
     @pytest.mark.parametrize(
         ("price", "unit_price", "says"),
         [(10.0, 5.0, "both"), (None, None, "neither")],
     )
     def test_price_xor_unit_price(
-        self, price: float | None, unit_price: float | None, says: str
+        self, price: float | None, unit_price: float | None, says: str, make_client: MakeClient
     ) -> None:
         """Giving both or neither of price and unit_price is a clear error at the call site."""
-        with Client("k", "http://127.0.0.1:9/events", transport=RecordingTransport()) as client:
+        with make_client("k", NOWHERE, transport=RecordingTransport()) as client:
             with pytest.raises(EventValidationError, match=f"exactly one of price.*got {says}"):
                 client.conversion(product_id="p", price=price, unit_price=unit_price, units=2)
             assert client.stats()["enqueued"] == 0
 
-    def test_broken_event_raises_with_every_problem_and_is_never_sent(self) -> None:
+    def test_broken_event_raises_with_every_problem_and_is_never_sent(
+        self, make_client: MakeClient
+    ) -> None:
         """The server's rules run at the call site: all problems named, nothing queued."""
         transport = RecordingTransport()
-        with Client("k", "http://127.0.0.1:9/events", transport=transport) as client:
+        with make_client("k", NOWHERE, transport=transport) as client:
             with pytest.raises(EventValidationError) as caught:
                 client.view(product_id="", price=-1, permalink="not a url")
             assert {p.field for p in caught.value.problems} == {"product_id", "price", "permalink"}
@@ -103,49 +112,50 @@ class TestLocalValidation:
         assert transport.requests == []
 
     @pytest.mark.parametrize("permalink", ["/relative", "https://s.example/p\n", "http://a b"])
-    def test_a_permalink_that_is_no_url_alone_is_refused(self, permalink: str) -> None:
+    def test_a_permalink_that_is_no_url_alone_is_refused(
+        self, permalink: str, make_client: MakeClient
+    ) -> None:
         """The URL form is checked apart from the struct types: alone, it is still caught."""
-        client = Client("k", "http://127.0.0.1:9/events", transport=RecordingTransport())
+        client = make_client("k", NOWHERE, transport=RecordingTransport())
         with client, pytest.raises(EventValidationError) as caught:
             client.view(product_id="p", price=1, permalink=permalink)
         assert [(p.field, p.code) for p in caught.value.problems] == [("permalink", "invalid_url")]
 
-    def test_text_that_is_not_unicode_is_refused(self) -> None:
+    def test_text_that_is_not_unicode_is_refused(self, make_client: MakeClient) -> None:
         """A lone surrogate in a str cannot be sent as JSON: a validation error, not a crash."""
-        client = Client("k", "http://127.0.0.1:9/events", transport=RecordingTransport())
+        client = make_client("k", NOWHERE, transport=RecordingTransport())
         with client, pytest.raises(EventValidationError, match="not valid Unicode"):
             client.view(product_id="p\ud800", price=1, permalink="https://s.example/")
 
-    def test_conversion_with_two_channels_is_refused(self) -> None:
+    def test_conversion_with_two_channels_is_refused(self, make_client: MakeClient) -> None:
         """The spec's one-channel rule for conversions applies locally too."""
-        client = Client("k", "http://127.0.0.1:9/events", transport=RecordingTransport())
+        client = make_client("k", NOWHERE, transport=RecordingTransport())
         with client, pytest.raises(EventValidationError, match="at most one item"):
             client.conversion(product_id="p", price=1, channels=["a", "b"])
 
-    def test_group_names_the_position_of_a_broken_event(self) -> None:
+    def test_group_names_the_position_of_a_broken_event(self, make_client: MakeClient) -> None:
         """enqueue() refuses the whole group and says which event is broken."""
-        client = Client("k", "http://127.0.0.1:9/events", transport=RecordingTransport())
+        client = make_client("k", NOWHERE, transport=RecordingTransport())
         with client, pytest.raises(EventValidationError, match="event 1: price"):
             client.enqueue([conversion("k"), conversion("k", price="free")])
 
-    def test_empty_client_key_is_refused(self) -> None:
+    def test_empty_client_key_is_refused(self, make_client: MakeClient) -> None:
         """A client without a key is a mistake caught at construction."""
         with pytest.raises(ClientError, match="client_key"):
-            Client("", "http://127.0.0.1:9/events")
+            make_client("", NOWHERE)
 
-    def test_bad_option_is_refused(self) -> None:
+    def test_bad_option_is_refused(self, make_client: MakeClient) -> None:
         """Options outside the server's limits are refused at construction."""
         with pytest.raises(ClientError, match="max_batch_events"):
-            Client("k", "http://127.0.0.1:9/events", max_batch_events=5000)
+            make_client("k", NOWHERE, max_batch_events=5000)
 
 
+@both_clients
 class TestGroups:
-    def test_events_given_together_travel_in_one_request(self) -> None:
+    def test_events_given_together_travel_in_one_request(self, make_client: MakeClient) -> None:
         """A checkout's conversions given to enqueue() are never split over requests."""
         transport = RecordingTransport()
-        with Client(
-            "k", "http://127.0.0.1:9/events", transport=transport, max_batch_events=3
-        ) as client:
+        with make_client("k", NOWHERE, transport=transport, max_batch_events=3) as client:
             client.view(product_id="v", price=1, permalink="https://s.example/")
             client.enqueue([conversion("k", product_id=f"c{i}") for i in range(3)])
             client.view(product_id="w", price=1, permalink="https://s.example/")
@@ -153,25 +163,22 @@ class TestGroups:
         batches = [[e["product_id"] for e in r.events] for r in transport.requests]
         assert ["c0", "c1", "c2"] in batches
 
-    def test_batches_close_on_count(self) -> None:
+    def test_batches_close_on_count(self, make_client: MakeClient) -> None:
         """35 events with max_batch_events=10 go in 4 requests, in order."""
         transport = RecordingTransport()
-        with Client(
-            "k", "http://127.0.0.1:9/events", transport=transport, max_batch_events=10,
-            flush_interval=60,
-        ) as client:  # fmt: skip
+        with make_client(
+            "k", NOWHERE, transport=transport, max_batch_events=10, flush_interval=60
+        ) as client:
             for i in range(35):
                 client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
             assert client.flush(10)
         assert [len(r.events) for r in transport.requests] == [10, 10, 10, 5]
         assert [e["product_id"] for e in transport.events] == [f"p{i}" for i in range(35)]
 
-    def test_batches_close_on_bytes(self) -> None:
+    def test_batches_close_on_bytes(self, make_client: MakeClient) -> None:
         """Batches stay under max_batch_bytes."""
         transport = RecordingTransport()
-        with Client(
-            "k", "http://127.0.0.1:9/events", transport=transport, max_batch_bytes=2048,
-        ) as client:  # fmt: skip
+        with make_client("k", NOWHERE, transport=transport, max_batch_bytes=2048) as client:
             for i in range(40):
                 client.view(product_id=f"p{i}", price=1, permalink="https://s.example/" + "x" * 50)
             assert client.flush(10)
@@ -180,6 +187,7 @@ class TestGroups:
         assert len(transport.events) == 40
 
 
+@both_clients
 class TestSend:
     def test_send_returns_the_servers_answer(
         self, server: RunningServer, make_client: MakeClient
@@ -208,21 +216,31 @@ class TestSend:
         with pytest.raises(TransportError, match="not delivered"):
             client.send([view("k")])
 
+    def test_nothing_to_send_sends_nothing(self, make_client: MakeClient) -> None:
+        """send([]) answers an empty result without a request."""
+        transport = RecordingTransport()
+        client = make_client("k", NOWHERE, transport=transport)
+        result = client.send([])
+        assert result.ok and result.processed == [] and transport.requests == []
+
     def test_more_than_one_request_can_hold_is_refused(self, make_client: MakeClient) -> None:
         """A group over the server's limit of 1000 events is refused before sending."""
-        client = make_client("k", "http://127.0.0.1:9/events")
+        client = make_client("k", NOWHERE)
         with pytest.raises(ClientError, match="one request"):
             client.send([view("k")] * 1001)
 
 
+@both_clients
 class TestLifecycle:
-    def test_closed_client_refuses_events(self) -> None:
+    def test_closed_client_refuses_events(self, make_client: MakeClient) -> None:
         """After close(), view() raises ClientClosedError."""
-        client = Client("k", "http://127.0.0.1:9/events", transport=RecordingTransport())
+        client = make_client("k", NOWHERE, transport=RecordingTransport())
         client.close()
         client.close()  # twice is fine
         with pytest.raises(ClientClosedError):
             client.view(product_id="p", price=1, permalink="https://s.example/")
+        with pytest.raises(ClientClosedError):
+            client.send([view("k")])
 
     def test_flush_times_out_and_says_what_is_pending(
         self, make_client: MakeClient, caplog: pytest.LogCaptureFixture
@@ -251,6 +269,75 @@ class TestLifecycle:
         assert failures == ["not_delivered"]
 
 
+@both_clients
+class TestSenderSurvives:
+    def test_an_on_failure_that_raises_is_logged(
+        self, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A broken on_failure callback: logged with its traceback; the sender carries on."""
+
+        def on_failure(event: object, errors: object) -> None:
+            raise RuntimeError("the callback is broken")
+
+        refused = [answer(400, [ErrorEntry(None, None, "refused", "no.")])]
+        transport = RecordingTransport(lambda request: refused.pop() if refused else None)
+        client = make_client("k", NOWHERE, transport=transport, on_failure=on_failure)
+        client.view(product_id="refused", price=1, permalink="https://s.example/")
+        assert client.flush(10)
+        client.view(product_id="after", price=1, permalink="https://s.example/")
+        assert client.flush(10)
+        assert "the on_failure callback raised" in caplog.text
+        assert [e["product_id"] for e in transport.events][-1] == "after"
+
+    def test_a_fault_in_the_sender_loses_only_its_batch(
+        self, make_client: MakeClient, caplog: pytest.LogCaptureFixture, monkeypatch: Any
+    ) -> None:
+        """An exception delivering one batch: it is dropped and counted; the next is sent."""
+        from qlevents.client import _sender
+
+        faults = [RuntimeError("injected")]
+        real = _sender.Delivery
+
+        def delivery(*args: Any, **kwargs: Any) -> Any:
+            if faults:
+                raise faults.pop()
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(_sender, "Delivery", delivery)
+        transport = RecordingTransport()
+        client = make_client("k", NOWHERE, transport=transport)
+        client.enqueue([view("k", product_id="lost"), view("k", product_id="lost")])
+        assert client.flush(10) is False
+        client.view(product_id="sent", price=1, permalink="https://s.example/")
+        assert client.flush(10)
+        assert "the sender failed on a batch of 2 events" in caplog.text
+        assert client.stats()["dropped"] == 2
+        assert [e["product_id"] for e in transport.events] == ["sent"]
+
+    def test_a_fault_reading_the_queue_is_retried(
+        self, make_client: MakeClient, caplog: pytest.LogCaptureFixture, monkeypatch: Any
+    ) -> None:
+        """The queue failing once under the sender: logged, and it tries again."""
+        from qlevents.client._queue import EventQueue
+
+        faults = [OSError("injected")]
+        real = EventQueue.poll
+
+        def poll(self: EventQueue) -> Any:
+            if faults:
+                raise faults.pop()
+            return real(self)
+
+        monkeypatch.setattr(EventQueue, "poll", poll)
+        transport = RecordingTransport()
+        client = make_client("k", NOWHERE, transport=transport)
+        client.view(product_id="p", price=1, permalink="https://s.example/")
+        assert client.flush(10)
+        assert "the sender could not read its queue" in caplog.text
+        assert [e["product_id"] for e in transport.events] == ["p"]
+
+
+@both_clients
 class TestFullQueue:
     def test_full_queue_drops_counts_and_warns_once(
         self, server: RunningServer, make_client: MakeClient, caplog: pytest.LogCaptureFixture
@@ -268,6 +355,7 @@ class TestFullQueue:
         assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(10))
 
 
+@both_clients
 class TestLogging:
     def test_every_call_is_logged_with_its_timings(
         self, server: RunningServer, make_client: MakeClient, caplog: pytest.LogCaptureFixture

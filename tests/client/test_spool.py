@@ -1,4 +1,7 @@
-"""The durable spool: events survive outages of any length, a full queue and SIGKILL."""
+"""The durable spool: events survive outages of any length, a full queue and SIGKILL.
+
+Client and AsyncClient share the spool; every test runs with each (``@both_clients``).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +11,16 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from qlevents import Client
-from tests.client.conftest import eventually, product_ids
+from tests.client.conftest import both_clients, eventually, product_ids
 from tests.client.faults import FaultProxy, Hang
 from tests.support import RunningServer, free_port
 
-MakeClient = Callable[..., Client]
+MakeClient = Callable[..., Any]
 
-QUEUE_THEN_WAIT = """
+QUEUE_THEN_WAIT = {
+    "Client": """
 import sys, time
 from qlevents import Client
 key, url, spool = sys.argv[1:4]
@@ -25,15 +29,31 @@ for i in range(50):
     client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
 print("queued", flush=True)
 time.sleep(60)
-"""
+""",
+    "AsyncClient": """
+import asyncio, sys
+from qlevents import AsyncClient
+key, url, spool = sys.argv[1:4]
+
+async def main():
+    client = AsyncClient(key, url, spool_dir=spool, flush_interval=0.05, timeout=20)
+    for i in range(50):
+        client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
+    print("queued", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+""",
+}
 
 
-def start_script(*args: str) -> subprocess.Popen[str]:
+def start_script(flavour: str, *args: str) -> subprocess.Popen[str]:
+    """A process that spools 50 views with a ``flavour`` client, says so, then waits."""
     import os
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     process = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(QUEUE_THEN_WAIT), *args],
+        [sys.executable, "-c", textwrap.dedent(QUEUE_THEN_WAIT[flavour]), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -52,14 +72,15 @@ def sigkill(process: subprocess.Popen[str]) -> None:
     process.stderr.close()
 
 
+@both_clients
 class TestSpoolSurvivesCrashes:
     def test_events_survive_sigkill_right_after_the_call(
-        self, server: RunningServer, make_client: MakeClient, tmp_path: Path
+        self, server: RunningServer, make_client: MakeClient, tmp_path: Path, flavour: str
     ) -> None:
         """SIGKILL after view() returned (server unreachable): the next client sends them."""
         spool = tmp_path / "spool"
         process = start_script(
-            server.client_key, f"http://127.0.0.1:{free_port()}/events", str(spool)
+            flavour, server.client_key, f"http://127.0.0.1:{free_port()}/events", str(spool)
         )
         sigkill(process)
         client = make_client(server.client_key, server.events_url, spool_dir=spool)
@@ -68,13 +89,13 @@ class TestSpoolSurvivesCrashes:
         assert client.stats()["pending"] == 0
 
     def test_batch_in_flight_at_sigkill_is_stored_once(
-        self, server: RunningServer, make_client: MakeClient, tmp_path: Path
+        self, server: RunningServer, make_client: MakeClient, tmp_path: Path, flavour: str
     ) -> None:
         """Stored by the server, answer lost, sender killed: the re-send is a replay."""
         spool = tmp_path / "spool"
         with FaultProxy(server.events_url) as proxy:
             proxy.add(Hang(30))
-            process = start_script(server.client_key, proxy.url, str(spool))
+            process = start_script(flavour, server.client_key, proxy.url, str(spool))
             eventually(lambda: len(server.stored()) == 50, what="the first send to be stored")
             sigkill(process)
             client = make_client(server.client_key, proxy.url, spool_dir=spool)
@@ -83,6 +104,7 @@ class TestSpoolSurvivesCrashes:
         assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(50))
 
 
+@both_clients
 class TestSpoolInsteadOfDropping:
     def test_long_outage_and_full_queue_lose_nothing(
         self, server: RunningServer, make_client: MakeClient, tmp_path: Path

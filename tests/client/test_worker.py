@@ -1,5 +1,7 @@
 """The background sender under faults: every event stored exactly once, on the real server.
 
+Tests marked ``@both_clients`` run with Client's thread and with AsyncClient's task.
+
 Faults the real server cannot make on demand (slow answers, 429, 5xx, resets) come from a
 proxy in front of it (tests/client/faults.py); crashes and restarts are the real server's.
 """
@@ -12,25 +14,27 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from qlevents import Client
 from qlevents.accounts import AccountBook
-from tests.client.conftest import eventually, product_ids
+from tests.client.conftest import both_clients, eventually, product_ids
 from tests.client.faults import CloseAfter, FaultProxy, Hang, Reset, Slow, Status
 from tests.support import RunningServer
 
-MakeClient = Callable[..., Client]
+MakeClient = Callable[..., Any]
 
 
-def views(client: Client, count: int, prefix: str = "p") -> list[str]:
+def views(client: Any, count: int, prefix: str = "p") -> list[str]:
     ids = [f"{prefix}{i}" for i in range(count)]
     for product_id in ids:
         client.view(product_id=product_id, price=1.5, permalink="https://s.example/")
     return sorted(ids)
 
 
+@both_clients
 class TestServerOutages:
     def test_server_down_then_up(self, server: RunningServer, make_client: MakeClient) -> None:
         """Events queued while the server is down are stored once it is back."""
@@ -71,6 +75,7 @@ class TestServerOutages:
 
 
 class TestRetries:
+    @both_clients
     def test_slow_server_past_the_timeout_is_retried_with_the_same_key(
         self, server: RunningServer, proxy: FaultProxy, make_client: MakeClient
     ) -> None:
@@ -83,6 +88,7 @@ class TestRetries:
         assert product_ids(server.stored()) == sent
         assert client.stats()["retried"] >= 1
 
+    @both_clients
     def test_429_with_retry_after_is_honoured(
         self,
         server: RunningServer,
@@ -100,7 +106,11 @@ class TestRetries:
         assert len(proxy.seen) == 2 and proxy.keys[0] == proxy.keys[1]
         assert product_ids(server.stored()) == sent
 
-    @pytest.mark.parametrize("status", [500, 502, 503, 504])
+    @pytest.mark.parametrize(
+        ("flavour", "status"),
+        [("Client", 500), ("Client", 502), ("Client", 503), ("Client", 504), ("AsyncClient", 503)],
+        indirect=["flavour"],
+    )
     def test_5xx_is_retried(
         self, status: int, server: RunningServer, proxy: FaultProxy, make_client: MakeClient
     ) -> None:
@@ -113,6 +123,7 @@ class TestRetries:
         assert product_ids(server.stored()) == sent
         assert client.stats()["retried"] == 3
 
+    @both_clients
     def test_answer_lost_after_store_is_not_stored_twice(
         self, server: RunningServer, proxy: FaultProxy, make_client: MakeClient
     ) -> None:
@@ -124,6 +135,7 @@ class TestRetries:
         assert len(proxy.seen) >= 2 and len(set(proxy.keys)) == 1
         assert product_ids(server.stored()) == sent
 
+    @both_clients
     def test_retry_budget_gives_up_and_reports(
         self, server: RunningServer, proxy: FaultProxy, make_client: MakeClient
     ) -> None:
@@ -170,6 +182,7 @@ class TestWrongEndpoint:
         )
         return old, home, key
 
+    @both_clients
     def test_events_are_resent_to_the_named_endpoint(
         self,
         moved: tuple[RunningServer, RunningServer, str],
@@ -210,7 +223,30 @@ class TestExit:
         assert done.returncode == 0, done.stderr
         assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(300))
 
+    def test_exit_delivers_for_a_client_dropped_unclosed(self, server: RunningServer) -> None:
+        """A client made and dropped inside a function: exit still delivers what it queued."""
+        from tests.client.conftest import run_script
 
+        done = run_script(
+            """
+            import sys
+            from qlevents import Client
+
+            def main():
+                client = Client(sys.argv[1], sys.argv[2], flush_interval=30)
+                for i in range(300):
+                    client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
+
+            main()
+            """,
+            server.client_key,
+            server.events_url,
+        )
+        assert done.returncode == 0, done.stderr
+        assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(300))
+
+
+@both_clients
 class TestConnections:
     def test_connection_closed_by_the_server_while_idle_is_not_an_error(
         self,
@@ -232,6 +268,7 @@ class TestConnections:
         assert product_ids(server.stored()) == sorted(first + second)
 
 
+@both_clients
 class TestServerLimits:
     def test_batch_over_the_servers_limit_is_split(
         self, serve: Callable[..., RunningServer], make_client: MakeClient
@@ -260,7 +297,7 @@ class TestDroppedClient:
 
         client = Client(server.client_key, server.events_url, flush_interval=0.05)
         sent = views(client, 5)
-        worker = client._worker
+        worker = client._sender
         del client
         gc.collect()
         assert worker is not None

@@ -12,10 +12,17 @@ from qlevents.events import MAX_BODY_BYTES, MAX_EVENTS_PER_REQUEST, ErrorEntry
 
 #: The endpoint the spec names; an account may be homed elsewhere (Settings > Integration).
 DEFAULT_ENDPOINT: Final = "https://evt.quicklizard.com/events"
-#: The server's limits per request (docs/api.md); a group of events must fit in one request.
-
 #: ``on_failure(event, errors)``: an event the server refused or that could not be delivered.
 FailureCallback = Callable[[dict[str, Any], Sequence[ErrorEntry]], None]
+
+
+def check_client_key(client_key: object) -> str:
+    if not isinstance(client_key, str) or not client_key.strip():
+        raise ClientError(
+            "client_key must be your account's client key (a non-empty string); copy it from"
+            " Settings > Integration Settings."
+        )
+    return client_key
 
 
 @dataclass(frozen=True)

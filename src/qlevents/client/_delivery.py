@@ -5,6 +5,8 @@ A :class:`Delivery` hands out requests (``next()``) and is told what became of e
 None when the request is settled. It retries network errors, timeouts, 429 and 5xx with
 exponential backoff and full jitter, honouring Retry-After, within a total budget; it sends
 the same Idempotency-Key on every retry of a request, so the server stores a batch once.
+The loops that do the I/O are a few lines each: ``run_delivery`` in ``_worker.py`` (a
+thread) and in ``_task.py`` (asyncio).
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ class Request:
     gzip_min_bytes: int | None
     redirected: bool = False
     tries: int = 0
+    #: When the current try was handed out (perf_counter), for the log's timings.
+    started: float = 0.0
     plain: bytes = b""
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
@@ -167,11 +171,7 @@ class Delivery:
         #: Indexes of the events no answer was had for, and why.
         self.undelivered: list[int] = []
         self.reason = ""
-        #: Errors about a whole request the server answered (index None).
-        self.request_errors: list[ErrorEntry] = []
         self.answered_any = False
-        self.retries = 0
-        self.requests = 0
         self._clock = clock
         self._deadline = clock() + budget
         self._queue: deque[Request] = deque(
@@ -191,11 +191,15 @@ class Delivery:
 
     def next(self) -> Request | None:
         """The request to send now (the same one again on a retry), or None when done."""
-        return self._queue[0] if self._queue else None
+        if not self._queue:
+            return None
+        request = self._queue[0]
+        request.started = time.perf_counter()
+        return request
 
-    def answered(self, request: Request, answer: Answer, seconds: float) -> float | None:
+    def answered(self, request: Request, answer: Answer) -> float | None:
         """The server answered ``request``; returns seconds to wait before a retry, or None."""
-        self.requests += 1
+        seconds = time.perf_counter() - request.started
         self.stats.add(requests=1)
         request.tries += 1
         status = answer.status
@@ -227,16 +231,20 @@ class Delivery:
             request.encode(None)  # a server that takes no gzip: send it plain
             return 0.0
         # The whole request was refused for good: every event in it failed with these errors.
-        self.request_errors.extend(errors)
         if not errors:
             errors = [ErrorEntry(None, None, f"http_{status}", f"the server answered {status}.")]
         self._queue.popleft()
         self.failures.extend((origin, errors) for origin in request.origins)
         return None
 
-    def failed(self, request: Request, error: TransportError, seconds: float) -> float | None:
-        """No answer to ``request``; returns seconds to wait before a retry, or None."""
-        self.requests += 1
+    def failed(self, request: Request, error: Exception) -> float | None:
+        """No answer to ``request`` (the transport raised ``error``); returns seconds to wait
+        before a retry, or None. Anything but a TransportError is a broken transport: logged
+        with its traceback, and retried like a network error (it must not kill the sender)."""
+        seconds = time.perf_counter() - request.started
+        if not isinstance(error, TransportError):
+            log.error("the transport raised %s", type(error).__name__, exc_info=error)
+            error = TransportError(f"{type(error).__name__}: {error}")
         self.stats.add(requests=1)
         request.tries += 1
         return self._retry(request, str(error), seconds, None)
@@ -277,7 +285,6 @@ class Delivery:
             self._abandon(request, f"{what}; gave up after {request.tries} tries")
             return None
         self._log_failure(request, what, seconds, delay)
-        self.retries += 1
         self.stats.add(retried=1)
         return delay
 

@@ -1,13 +1,13 @@
 """The durable spool: queued events kept in SQLite until the server has answered for them.
 
-``put`` commits in the caller's thread before ``view()`` returns. WAL with
-``synchronous=NORMAL``: a commit is in the operating system's page cache when it returns,
-so it survives the process being killed (SIGKILL, OOM, a crash); only a power loss or kernel
-crash can lose the last commits. A batch is formed and its Idempotency-Key committed
+``put`` commits in the caller's thread (or on its event loop) before ``view()`` returns.
+WAL with ``synchronous=NORMAL``: a commit is in the operating system's page cache when it
+returns, so it survives the process being killed (SIGKILL, OOM, a crash); only a power loss
+or kernel crash can lose the last commits. A batch is formed and its Idempotency-Key committed
 *before* its first send, so a client restarted on the spool sends the same body with the
 same key and the server stores it once. One process at a time sends from a spool: the one
 holding the lock file (``flock``, released by the kernel when its holder dies); the others
-only write to it.
+only write to it. ``Client`` and ``AsyncClient`` use it alike: the format is one.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from typing import Any, Final
 
 import msgspec
 
-from qlevents.client._batch import Batch
+from qlevents.client._batch import Batch, FlushMark
 from qlevents.client._build import Encoded
 from qlevents.client._delivery import new_idempotency_key
+from qlevents.client._signal import Signal
 
 SPOOL_FILE: Final = "qlevents-spool.sqlite3"
 LOCK_FILE: Final = "qlevents-spool.lock"
@@ -47,7 +48,10 @@ _inherited: list[Any] = []
 
 
 class Spool:
-    """A spool directory; the source the worker takes batches from when there is one."""
+    """A spool directory: the :class:`~qlevents.client._batch.Source` of a client given one."""
+
+    #: A flush polls as well as waits: another process may be the one that sends.
+    recheck: Final = 0.05
 
     def __init__(
         self, directory: str | os.PathLike[str], max_events: int, max_bytes: int, interval: float
@@ -57,8 +61,10 @@ class Spool:
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.interval = interval
+        self.ready = Signal()
+        self.settled = Signal()
         self._db_lock = threading.Lock()
-        self._cond = threading.Condition()
+        self._state_lock = threading.Lock()
         self._conn = self._connect()
         self._lock_fd: int | None = None
         # What is in the spool already counts as queued: flush() waits for it too.
@@ -70,6 +76,10 @@ class Spool:
         self._urgent = 0
         self._stopping = False
         self._aborting = False
+
+    @property
+    def aborting(self) -> bool:
+        return self._aborting
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -112,34 +122,26 @@ class Spool:
                 self._sender_idle = False
                 self._unannounced = 0
         if wake:
-            with self._cond:
-                self._cond.notify_all()
+            self.ready.fire()
 
     def pending(self) -> int:
         with self._db_lock:
             row = self._conn.execute("SELECT COALESCE(SUM(count), 0) FROM groups").fetchone()
         return int(row[0])
 
-    def flush(self, timeout: float | None) -> tuple[bool, int]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        target = self._last_put
-        with self._cond:
+    def begin_flush(self) -> FlushMark:
+        with self._state_lock:
             self._urgent += 1
-            self._cond.notify_all()
-        try:
-            while True:
-                left = self._left_through(target)
-                if not left:
-                    return True, 0
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if (remaining is not None and remaining <= 0) or self._aborting:
-                    return False, left
-                with self._cond:
-                    # Another process may be the sender: poll as well as wait for our worker.
-                    self._cond.wait(0.05 if remaining is None else min(0.05, remaining))
-        finally:
-            with self._cond:
-                self._urgent -= 1
+        self.ready.fire()
+        return self._last_put, 0
+
+    def flush_state(self, mark: FlushMark) -> tuple[bool, bool, int]:
+        left = self._left_through(mark[0])
+        return not left or self._aborting, not left, left
+
+    def end_flush(self) -> None:
+        with self._state_lock:
+            self._urgent -= 1
 
     def _left_through(self, row_id: int) -> int:
         with self._db_lock:
@@ -148,7 +150,7 @@ class Spool:
             ).fetchone()
         return int(row[0])
 
-    # --- the worker's side -------------------------------------------------------------------
+    # --- the sender's side -------------------------------------------------------------------
 
     def _own(self) -> bool:
         if self._lock_fd is not None:
@@ -162,26 +164,17 @@ class Spool:
         self._lock_fd = fd
         return True
 
-    def take(self) -> Batch | None:
-        while True:
-            if self._aborting:
-                return None
-            if not self._own():
-                if self._stopping:
-                    return None  # another process sends from this spool
-                self._wait(0.5)
-                continue
-            batch, wait = self._next_batch()
-            if batch is not None:
-                return batch
-            if self._stopping:
-                return None
-            self._wait(wait)
-
-    def _wait(self, seconds: float) -> None:
-        with self._cond:
-            if not (self._stopping or self._aborting):
-                self._cond.wait(min(seconds, 0.05) if self._urgent else seconds)
+    def poll(self) -> Batch | float | None:
+        if self._aborting:
+            return None
+        if not self._own():
+            return None if self._stopping else 0.5  # another process sends from this spool
+        batch, wait = self._next_batch()
+        if batch is not None:
+            return batch
+        if self._stopping:
+            return None
+        return min(wait, 0.05) if self._urgent else wait
 
     def _next_batch(self) -> tuple[Batch | None, float]:
         with self._db_lock:
@@ -251,20 +244,18 @@ class Spool:
                 self._conn.execute("DELETE FROM groups WHERE batch = ?", (batch.spool_id,))
                 self._conn.execute("DELETE FROM batches WHERE id = ?", (batch.spool_id,))
                 self._conn.execute("COMMIT")
-        with self._cond:
-            self._cond.notify_all()
+        self.settled.fire()
 
-    def sleep(self, seconds: float) -> bool:
-        with self._cond:
-            if not self._aborting:
-                self._cond.wait(seconds)
-        return not self._aborting
+    def resume(self, batch: Batch) -> None:
+        # It is still in the spool, key and all: the next poll() hands it out again.
+        self.ready.fire()
 
     def stop(self, abort: bool = False) -> None:
-        with self._cond:
+        with self._state_lock:
             self._stopping = True
             self._aborting = self._aborting or abort
-            self._cond.notify_all()
+        self.ready.fire()
+        self.settled.fire()
 
 
 def _split_fragment(fragment: bytes, count: int) -> list[Encoded]:

@@ -5,12 +5,14 @@
 needs, a POST with a bytes body, with a fraction of a general client's per-request Python
 work, which matters because the sender shares the GIL with the application's threads. When
 an HTTP(S) proxy is configured for the endpoint (``HTTPS_PROXY`` and friends) it falls back
-to :class:`HTTPXTransport`, which honours proxies. ``AsyncClient`` uses httpx's async client.
+to :class:`HTTPXTransport`, which honours proxies. ``AsyncClient`` uses httpx's async client
+(and, at interpreter exit, its loop gone, the same blocking transport as ``Client``).
 ``qlevents.testing.RecordingTransport`` stands in for the network in an integrator's tests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import os
 import select
@@ -222,24 +224,49 @@ class HTTPXTransport(Transport):
 
 
 class AsyncHTTPXTransport(AsyncTransport):
-    """Pooled keep-alive connections through ``httpx.AsyncClient``."""
+    """Pooled keep-alive connections through ``httpx.AsyncClient``; a fresh pool per loop."""
 
     def __init__(self, connect_timeout: float = 1.0, timeout: float = 2.5) -> None:
+        self._timeout = _timeout(connect_timeout, timeout)
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _http(self) -> httpx.AsyncClient:
         import httpx
 
-        self._client = httpx.AsyncClient(
-            timeout=_timeout(connect_timeout, timeout),
-            headers={"user-agent": USER_AGENT},
-            follow_redirects=False,
-        )
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            # A pool's connections belong to the loop that opened them (asyncio.run twice).
+            self._client = httpx.AsyncClient(
+                timeout=self._timeout, headers={"user-agent": USER_AGENT}, follow_redirects=False
+            )
+            self._loop = loop
+        return self._client
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Answer:
         import httpx
 
         try:
-            return _answer(await self._client.post(url, content=body, headers=headers))
+            return _answer(await self._http().post(url, content=body, headers=headers))
         except httpx.HTTPError as exc:
             raise TransportError(f"{type(exc).__name__}: {exc or 'no detail'}") from exc
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        client, self._client = self._client, None
+        if client is not None and self._loop is asyncio.get_running_loop():
+            await client.aclose()
+
+
+class BlockingTransport(Transport):
+    """An :class:`AsyncTransport` driven on a private event loop, one post at a time: how
+    ``AsyncClient`` sends at interpreter exit through a transport it was given."""
+
+    def __init__(self, transport: AsyncTransport) -> None:
+        self.transport = transport
+        self._loop = asyncio.new_event_loop()
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Answer:
+        return self._loop.run_until_complete(self.transport.post(url, body, headers))
+
+    def close(self) -> None:
+        self._loop.close()

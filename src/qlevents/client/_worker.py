@@ -1,29 +1,28 @@
-"""The background sender: one daemon thread per process, and the counters it keeps.
+"""The thread driver: ``Client``'s sender, a daemon thread per process, and its blocking waits.
 
-It takes batches from the source (the memory queue, or the spool), delivers each with a
-:class:`~qlevents.client._delivery.Delivery`, reports refused events to ``on_failure`` and
-the log, and settles the batch so ``flush()`` knows. It never dies of an exception: each is
-logged and the loop goes on.
+Everything it decides is decided elsewhere, without I/O: when a batch is due by the source
+(``_queue.py`` / ``_spool.py``), how each request fares by the delivery (``_delivery.py``),
+what the outcome means by the sender (``_sender.py``). Here are the loop that posts and the
+waits, blocking this thread. ``_task.py`` is the same for asyncio. It never dies of an
+exception: each is logged and the loop goes on.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Final
 
-from qlevents._exceptions import TransportError
 from qlevents.client._batch import Batch, Source
-from qlevents.client._build import Encoded, as_dict
 from qlevents.client._config import FailureCallback, Options
-from qlevents.client._delivery import Delivery, Request, Stats, new_idempotency_key
-from qlevents.client._transport import Answer, Transport
-from qlevents.events import ErrorEntry
+from qlevents.client._delivery import Delivery, Stats
+from qlevents.client._sender import PAUSE_AFTER_ERROR, Sender
+from qlevents.client._transport import Transport
 
 log: Final = logging.getLogger("qlevents.client")
+CLOSED_REASON: Final = "the client was closed before the server answered"
 
 
 def run_delivery(
@@ -31,47 +30,57 @@ def run_delivery(
 ) -> Delivery:
     """Send ``delivery``'s requests until each is settled; ``sleep`` False aborts."""
     while (request := delivery.next()) is not None:
-        delay = post(delivery, transport, request)
+        try:
+            answer = transport.post(request.url, request.body, request.headers)
+        except Exception as exc:
+            delay = delivery.failed(request, exc)
+        else:
+            delay = delivery.answered(request, answer)
         if delay is not None and not sleep(delay):
-            delivery.give_up("the client was closed before the server answered")
+            delivery.give_up(CLOSED_REASON)
     return delivery
 
 
-def post(delivery: Delivery, transport: Transport, request: Request) -> float | None:
-    started = time.perf_counter()
+def take(source: Source) -> Batch | None:
+    """The next batch once it is due; None when the sender should stop."""
+    while True:
+        mark = source.ready.mark()
+        step = source.poll()
+        if not isinstance(step, float):
+            return step
+        source.ready.wait(mark, step)
+
+
+def sleep(source: Source, seconds: float) -> bool:
+    """Wait between retries; False (at once) when the client aborts."""
+    deadline = time.monotonic() + seconds
+    while True:
+        mark = source.settled.mark()
+        left = deadline - time.monotonic()
+        if source.aborting:
+            return False
+        if left <= 0:
+            return True
+        source.settled.wait(mark, left)
+
+
+def flush(source: Source, timeout: float) -> tuple[bool, int]:
+    """Wait until what is queued now is settled; (all delivered, how many pending)."""
+    deadline = time.monotonic() + timeout
+    flushing = source.begin_flush()
     try:
-        answer: Answer = transport.post(request.url, request.body, request.headers)
-    except TransportError as exc:
-        return delivery.failed(request, exc, time.perf_counter() - started)
-    except Exception as exc:  # a broken custom transport must not kill the sender
-        log.exception("the transport %r raised", transport)
-        error = TransportError(f"{type(exc).__name__}: {exc}")
-        return delivery.failed(request, error, time.perf_counter() - started)
-    return delivery.answered(request, answer, time.perf_counter() - started)
+        while True:
+            mark = source.settled.mark()
+            finished, delivered, pending = source.flush_state(flushing)
+            left = deadline - time.monotonic()
+            if finished or left <= 0:
+                return delivered, pending
+            source.settled.wait(mark, min(left, source.recheck))
+    finally:
+        source.end_flush()
 
 
-def report_failures(
-    failures: Iterable[tuple[int, list[ErrorEntry]]],
-    events: list[Encoded],
-    on_failure: FailureCallback | None,
-) -> None:
-    """Log each refused event at WARNING and hand it to ``on_failure``."""
-    for index, errors in failures:
-        event = as_dict(events[index])
-        log.warning(
-            "event not stored: %s %r: %s",
-            event.get("event"),
-            event.get("product_id"),
-            "; ".join(f"{e.code}: {e.message}" for e in errors),
-        )
-        if on_failure is not None:
-            try:
-                on_failure(event, errors)
-            except Exception:
-                log.exception("the on_failure callback raised")
-
-
-class Worker(threading.Thread):
+class Worker(Sender):
     """The sender thread of one process (a forked child starts its own)."""
 
     def __init__(
@@ -84,65 +93,56 @@ class Worker(threading.Thread):
         *,
         durable: bool,
     ) -> None:
-        super().__init__(name="qlevents-sender", daemon=True)
-        self.source = source
+        super().__init__(source, options, stats, on_failure, durable=durable)
         self.transport = transport
-        self.options = options
-        self.stats = stats
-        self.on_failure = on_failure
-        #: With a spool, a batch is never given up: it waits in the spool for the server.
-        self.durable = durable
-        #: Its client was garbage-collected unclosed: release the transport when done.
-        self.orphaned = False
+        self._thread = threading.Thread(target=self._run, name="qlevents-sender", daemon=True)
 
-    def run(self) -> None:
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, deadline: float) -> None:
+        """Let it send what is queued until ``deadline``, then abort and wait for it to end."""
+        self.source.stop()
+        self.join(max(0.0, deadline - time.monotonic()))
+        if self.is_alive():
+            self.source.stop(abort=True)
+            # It is at most one request away from noticing.
+            self.join(self.options.connect_timeout + self.options.timeout * 4 + 1)
+
+    def _sleep(self, seconds: float) -> bool:
+        return sleep(self.source, seconds)
+
+    def _run(self) -> None:
         try:
             self._loop()
         finally:
             if self.orphaned:
                 self.transport.close()
+            self.finished()
 
     def _loop(self) -> None:
         while True:
             try:
-                batch = self.source.take()
+                batch = take(self.source)
             except Exception:
                 log.exception("the sender could not read its queue; trying again in 1 s")
-                if not self.source.sleep(1.0):
+                if not sleep(self.source, PAUSE_AFTER_ERROR):
                     return
                 continue
             if batch is None:
                 return
             try:
-                self.deliver(batch)
+                delivery = self.begin(batch)
+                run_delivery(delivery, self.transport, self._sleep)
+                self.end(batch, delivery)
             except Exception:
                 log.exception("the sender failed on a batch of %d events", len(batch.events))
-                if not self.durable:
-                    self.stats.add(dropped=len(batch.events))
-                self.source.settle(batch, delivered=False)
-                if not self.source.sleep(1.0):
+                self.broke(batch)
+                if not sleep(self.source, PAUSE_AFTER_ERROR):
                     return
-
-    def deliver(self, batch: Batch) -> None:
-        delivery = Delivery(
-            batch.events,
-            batch.groups,
-            key=batch.key or new_idempotency_key(),
-            endpoint=self.options.endpoint,
-            options=self.options,
-            budget=math.inf if self.durable else self.options.retry_budget,
-            stats=self.stats,
-            keep_processed=False,
-        )
-        self.stats.add(sent=len(batch.events))
-        run_delivery(delivery, self.transport, self.source.sleep)
-        self.stats.add(processed=len(delivery.processed), failed=len(delivery.failures))
-        report_failures(delivery.failures, batch.events, self.on_failure)
-        if delivery.undelivered and not self.durable:
-            self.stats.add(dropped=len(delivery.undelivered))
-            log.warning(
-                "%d events dropped: %s", len(delivery.undelivered), delivery.reason or "no answer"
-            )
-            report_failures(delivery.not_delivered(), batch.events, self.on_failure)
-        # With a spool, an aborted batch stays there (same key) for the next client.
-        self.source.settle(batch, delivered=not delivery.undelivered)

@@ -29,7 +29,7 @@ def test_memory_is_a_memory_store(tmp_path: Path) -> None:
 
 def test_an_unknown_store_is_refused_by_name() -> None:
     """A typo in --store is an error that names the setting and the choices."""
-    with pytest.raises(SettingsError, match="unknown store; use sqlite or memory"):
+    with pytest.raises(SettingsError, match="unknown store; use sqlite, memory or nats:"):
         StoreSettings(store="sqlit")
 
 

@@ -1,0 +1,587 @@
+"""The cluster event store: a NATS JetStream stream, replicated on three servers.
+
+How it meets the contract of :mod:`qlevents.store.base` (docs/cluster.md says more):
+
+**Atomic.** One ``append`` is one JetStream atomic batch: the request's events, a message per
+(account, kind) split below the servers' message size, then its idempotency record (or, for
+a request without a key, a claim of a store-made request id). The stream stores all of the
+batch's messages or none of them.
+
+**Durable.** A batch is acknowledged once a quorum of the stream's replicas (2 of 3) has
+stored it, and ``open`` refuses servers that do not fsync every write (``sync_always``).
+
+**Idempotent.** The record (or claim) carries ``Nats-Expected-Last-Subject-Sequence: 0``: the
+batch is refused whole if its subject already holds a message, so a (scope, key) is claimed
+in the same step as the events. The loser reads the winner's record (polling: it can be
+refused before the winner's record is readable). Records expire after 24 h (``Nats-TTL``).
+
+**When the store cannot tell.** A batch whose answer does not come in ``publish_timeout`` may
+still be stored. ``append`` sends it again (same claim, new batch) until ``retry_seconds``
+have passed: the claim makes a second copy impossible, and a refusal for the claim shows that
+an earlier attempt was stored. If no attempt is answered it raises
+:class:`~qlevents.StoreOutcomeUnknownError`.
+
+**Positions** are ``first_sequence << 10 | index`` (:mod:`qlevents.store.jetstream_layout`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import nats
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import DiscardPolicy, PersistMode, StorageType, StreamConfig
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
+
+from qlevents._exceptions import StoreOutcomeUnknownError, StoreUnavailableError
+from qlevents.events import StoredEvent
+from qlevents.settings import SettingsError
+from qlevents.store import jetstream_api as api
+from qlevents.store.base import (
+    CommitObserver,
+    CommitStats,
+    EventStore,
+    IdempotencyRecord,
+    Replay,
+)
+from qlevents.store.jetstream_layout import (
+    DEFAULT_PREFIX,
+    FINGERPRINT,
+    MAX_APPEND_EVENTS,
+    PARTS,
+    POSITION_BITS,
+    REQUEST,
+    Outgoing,
+    all_subjects,
+    check_prefix,
+    claim_message,
+    claim_subject,
+    decode_event_message,
+    event_messages,
+    events_subject,
+    record_messages,
+    record_subject,
+    stream_name,
+)
+
+log: Final = logging.getLogger("qlevents.store")
+
+#: Room left in each message for its headers (the event indexes: at most a few KiB).
+_HEADER_ROOM: Final = 16 * 1024
+#: Errors after which nothing was stored and a later attempt may succeed.
+_RETRY_CODES: Final = frozenset({10176, 10210, 10008})  # incomplete, too many batches, no JS
+_FULL_CODES: Final = frozenset({api.STORE_FAILED, api.STORAGE_EXCEEDED, api.INSUFFICIENT_RESOURCES})
+_CLAIMED_CODES: Final = frozenset({api.WRONG_LAST_SEQUENCE, api.WRONG_LAST_SEQUENCE_IN_FLIGHT})
+_NOT_SENT: Final = (
+    NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+)
+#: How long ``open`` waits for the servers' /varz answers (seconds).
+_VARZ_TIMEOUT: Final = 2.0
+#: Replicas of the stream on a cluster of three or more servers.
+_REPLICAS: Final = 3
+
+
+@dataclass(frozen=True, slots=True)
+class PublishStats:
+    """Reported to the publish observer after every append that sent something."""
+
+    outcome: Literal["stored", "replayed", "full", "unavailable", "unknown"]
+    """stored; replayed (the key was used); full (the stream is full: 503); unavailable
+    (nothing stored: 503); unknown (StoreOutcomeUnknownError: 503)."""
+    seconds: float
+    """From the first attempt to the answer."""
+    attempts: int
+    """Batches sent (more than 1: retries)."""
+    events: int
+
+
+PublishObserver = Callable[[PublishStats], None]
+
+
+class _Missing:
+    """No record found (yet) for a claimed key."""
+
+
+_MISSING: Final = _Missing()
+
+
+class JetStreamEventStore(EventStore):
+    """Events in the stream ``<PREFIX>`` on the NATS servers ``servers``."""
+
+    def __init__(
+        self,
+        servers: Sequence[str],
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        max_bytes: int = 10 << 30,
+        publish_timeout: float = 2.0,
+        retry_seconds: float = 10.0,
+        open_timeout: float = 30.0,
+        allow_lazy_fsync: bool = False,
+        observer: CommitObserver | None = None,
+        publish_observer: PublishObserver | None = None,
+        read_only: bool = False,
+    ) -> None:
+        self.servers = list(servers)
+        self.prefix = check_prefix(prefix)
+        self.stream = stream_name(prefix)
+        #: Only reads (the CLI's export): open() creates nothing and checks no server setting.
+        self.read_only = read_only
+        self._max_bytes = max_bytes
+        self._publish_timeout = publish_timeout
+        self._retry_seconds = retry_seconds
+        self._open_timeout = open_timeout
+        self._allow_lazy_fsync = allow_lazy_fsync
+        self._observer = observer
+        self._publish_observer = publish_observer
+        self._nc: Client | None = None
+        self._max_batch = api.DEFAULT_BATCH_MESSAGES
+        self._max_payload = 1 << 20
+        self._cluster_size: int | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        deadline = time.monotonic() + self._open_timeout
+        self._nc = await self._connect(deadline)
+        self._max_payload = self._nc.max_payload
+        if self.read_only:
+            await self._retrying(deadline, self._require_stream)
+            return
+        await self._learn_servers()
+        await self._retrying(deadline, self._ensure_stream)
+
+    async def close(self) -> None:
+        nc, self._nc = self._nc, None
+        if nc is not None and not nc.is_closed:
+            try:
+                await asyncio.wait_for(nc.close(), 5.0)
+            except (TimeoutError, NatsError) as exc:
+                log.warning("closing the NATS connection: %s", exc)
+
+    async def _connect(self, deadline: float) -> Client:
+        async def on_error(exc: Exception) -> None:
+            log.warning("NATS: %s", exc or type(exc).__name__)
+
+        async def on_disconnected() -> None:
+            if self._nc is not None:  # not closing
+                log.warning("disconnected from NATS; reconnecting")
+
+        async def on_reconnected() -> None:
+            log.info("reconnected to NATS")
+
+        while True:
+            try:
+                return await nats.connect(
+                    servers=self.servers,
+                    name="qlevents",
+                    connect_timeout=2,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.25,
+                    # A server that died silently is noticed in ~10 s, not the default 4 min.
+                    ping_interval=5,
+                    max_outstanding_pings=2,
+                    # Room for a whole 5 MiB request while reconnecting.
+                    pending_size=16 << 20,
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnected,
+                    reconnected_cb=on_reconnected,
+                )
+            except (OSError, NatsError) as exc:
+                if time.monotonic() >= deadline:
+                    raise StoreUnavailableError(
+                        f"cannot connect to NATS at {','.join(self.servers)}: {exc}"
+                    ) from exc
+                await asyncio.sleep(0.5)
+
+    async def _retrying(self, deadline: float, step: Callable[[Client], Awaitable[None]]) -> None:
+        """Run ``step`` until it succeeds, while JetStream cannot answer yet (after a full
+        restart it elects its leaders for ~5 s)."""
+        nc = self._require_open()
+        while True:
+            try:
+                await step(nc)
+                return
+            except (NatsTimeoutError, ServiceUnavailableError, NoRespondersError) as exc:
+                reason = str(exc) or type(exc).__name__
+            except APIError as exc:
+                if exc.code is None or exc.code < 500:
+                    raise StoreUnavailableError(
+                        f"JetStream refused the event stream {self.stream}: {exc.description}"
+                        f" (error {exc.err_code})"
+                    ) from exc
+                reason = str(exc.description)
+            if time.monotonic() >= deadline:
+                raise StoreUnavailableError(
+                    f"JetStream did not answer within {self._open_timeout:.0f} s: {reason}"
+                )
+            log.info("JetStream is not ready (%s); retrying", reason)
+            await asyncio.sleep(0.25)
+
+    async def _learn_servers(self) -> None:
+        """Refuse servers that do not fsync every write; learn the cluster's size and limits."""
+        nc = self._require_open()
+        try:
+            facts = await api.ask_servers(nc, _VARZ_TIMEOUT)
+        except NoRespondersError:
+            facts = []
+        if not facts:
+            message = (
+                "cannot tell whether the NATS servers fsync every write: they do not answer"
+                f" {api.VARZ_SUBJECT!r} (the import in the shipped nats-server.conf,"
+                " docs/cluster.md)"
+            )
+            if not self._allow_lazy_fsync:
+                raise SettingsError(
+                    f"{message}; use that configuration, or --allow-lazy-fsync to run without"
+                    " the check"
+                )
+            log.warning("%s; going on (--allow-lazy-fsync)", message)
+            return
+        lazy = sorted(fact.name for fact in facts if not fact.sync_always)
+        if lazy:
+            message = (
+                f"the NATS servers {', '.join(lazy)} do not fsync every write: an"
+                " acknowledged event could be lost when machines lose power together (Jepsen"
+                " found 131,418 of 930,005 lost with the default, 2025)"
+            )
+            if not self._allow_lazy_fsync:
+                raise SettingsError(
+                    f"{message}. Set `sync_interval: always` in their jetstream block (the"
+                    " shipped nats-server.conf does), or start with --allow-lazy-fsync to"
+                    " accept the risk"
+                )
+            log.warning("%s; going on (--allow-lazy-fsync)", message)
+        size = max(fact.cluster_size for fact in facts)
+        if len(facts) < size:
+            log.warning(
+                "only %d of the %d NATS servers answered; the others' fsync setting is unchecked",
+                len(facts),
+                size,
+            )
+        self._cluster_size = size
+        self._max_batch = min(fact.max_batch_messages for fact in facts)
+        payloads = [fact.max_payload for fact in facts if fact.max_payload]
+        self._max_payload = min([self._max_payload, *payloads])
+
+    async def _ensure_stream(self, nc: Client) -> None:
+        js = nc.jetstream(timeout=self._publish_timeout)
+        try:
+            info = await js.stream_info(self.stream)
+        except NotFoundError:
+            info = None
+        wanted = min(_REPLICAS, self._cluster_size or _REPLICAS)
+        if info is not None:
+            existing = info.config
+            if existing.storage != StorageType.FILE:
+                raise SettingsError(f"the stream {self.stream} exists, but not on disk")
+            if existing.persist_mode == PersistMode.ASYNC:
+                raise SettingsError(
+                    f"the stream {self.stream} is in persist_mode async: it acknowledges"
+                    " writes before they are on disk"
+                )
+            # Never fewer replicas than an operator gave it.
+            wanted = max(wanted, existing.num_replicas or 1)
+        config = self._stream_config(wanted)
+        if info is None:
+            try:
+                await js.add_stream(config)
+            except APIError as exc:
+                if self._cluster_size is not None or exc.err_code not in {
+                    api.REPLICAS_NOT_SUPPORTED,
+                    api.INSUFFICIENT_RESOURCES,
+                }:
+                    raise
+                # The cluster's size is unknown (no /varz) and it is smaller than three.
+                await js.add_stream(self._stream_config(1))
+            log.info("created the event stream %s (R%d)", self.stream, config.num_replicas)
+        elif _differs(info.config, config):
+            await js.update_stream(config)
+            log.info("updated the event stream %s (R%d)", self.stream, config.num_replicas)
+
+    def _stream_config(self, replicas: int) -> StreamConfig:
+        return StreamConfig(
+            name=self.stream,
+            description="qlevents: accepted events (docs/cluster.md)",
+            subjects=[all_subjects(self.prefix)],
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            # A full stream refuses new events (the API answers 503) and keeps the old ones.
+            discard=DiscardPolicy.NEW,
+            max_bytes=self._max_bytes,
+            allow_msg_ttl=True,
+            allow_atomic=True,
+            persist_mode=PersistMode.DEFAULT,
+        )
+
+    async def _require_stream(self, nc: Client) -> None:
+        try:
+            await nc.jetstream(timeout=self._publish_timeout).stream_info(self.stream)
+        except NotFoundError as exc:
+            raise SettingsError(
+                f"no event stream {self.stream} on {','.join(self.servers)}; is --store right?"
+            ) from exc
+
+    def _require_open(self) -> Client:
+        if self._nc is None:
+            raise StoreUnavailableError("the event store is not open")
+        return self._nc
+
+    # --- writes: one atomic batch per append ---------------------------------------------
+
+    async def append(
+        self, events: Sequence[StoredEvent], idempotency: IdempotencyRecord | None = None
+    ) -> Replay | None:
+        nc = self._require_open()
+        if self.read_only:
+            raise StoreUnavailableError("the event store is open only for reading")
+        if not events and idempotency is None:
+            return None
+        if len(events) > MAX_APPEND_EVENTS:
+            raise ValueError(f"at most {MAX_APPEND_EVENTS} events in one append")
+        request_id = uuid.uuid4().hex
+        room = self._max_payload - _HEADER_ROOM
+        messages = event_messages(self.prefix, events, request_id, room)
+        if idempotency is None:
+            messages.append(claim_message(self.prefix, request_id))
+        else:
+            messages.extend(record_messages(self.prefix, idempotency, request_id, room))
+        if len(messages) > self._max_batch:
+            raise StoreUnavailableError(
+                f"this request needs {len(messages)} messages in one atomic batch, more than"
+                f" the NATS servers take ({self._max_batch}: jetstream.limits.batch.max_msgs)"
+            )
+        started = time.monotonic()
+        attempts = [0]
+        outcome: Literal["stored", "replayed", "full", "unavailable", "unknown"] = "unknown"
+        try:
+            replay = await self._publish(nc, messages, idempotency, request_id, attempts)
+            outcome = "stored" if replay is None else "replayed"
+            return replay
+        except StoreOutcomeUnknownError:
+            outcome = "unknown"
+            raise
+        except _StreamFullError:
+            outcome = "full"
+            raise
+        except StoreUnavailableError:
+            outcome = "unavailable"
+            raise
+        finally:
+            seconds = time.monotonic() - started
+            if outcome == "stored" and self._observer is not None:
+                self._observer(CommitStats(1, len(events), seconds))
+            if self._publish_observer is not None:
+                self._publish_observer(PublishStats(outcome, seconds, attempts[0], len(events)))
+
+    async def _publish(
+        self,
+        nc: Client,
+        messages: list[Outgoing],
+        idempotency: IdempotencyRecord | None,
+        request_id: str,
+        attempts: list[int],
+    ) -> Replay | None:
+        """Send the batch until it is answered; the claim in it makes every attempt after
+        the first either store nothing or find the first one's record."""
+        deadline = time.monotonic() + self._retry_seconds
+        unknown = False  # an attempt went unanswered: it may have been stored
+        reason = "no attempt was made"
+        delay = 0.05
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not nc.is_connected:
+                reason = "not connected to any NATS server"
+            else:
+                attempts[0] += 1
+                timeout = min(self._publish_timeout, remaining)
+                try:
+                    ack = await api.publish_batch(nc, messages, timeout)
+                except NatsTimeoutError:
+                    unknown = True
+                    reason = f"the stream did not answer in {timeout:.1f} s"
+                    continue
+                except _NOT_SENT as exc:
+                    reason = str(exc) or type(exc).__name__
+                else:
+                    error = ack.error
+                    if error is None:
+                        return None
+                    if error.err_code in _CLAIMED_CODES:
+                        found = await self._await_claim(nc, idempotency, request_id, deadline)
+                        if not isinstance(found, _Missing):
+                            return found
+                        reason = "the key's first request was not stored after all"
+                        continue
+                    detail = f"{error.description} (error {error.err_code})"
+                    if error.err_code in _FULL_CODES:
+                        if unknown:
+                            raise StoreOutcomeUnknownError(f"the event stream is full: {detail}")
+                        raise _StreamFullError(f"the event stream is full: {detail}", 10.0)
+                    if error.err_code not in _RETRY_CODES and error.code < 500:
+                        if unknown:
+                            raise StoreOutcomeUnknownError(f"JetStream refused: {detail}")
+                        raise StoreUnavailableError(f"JetStream refused the events: {detail}")
+                    reason = detail
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 1.0)
+        if unknown:
+            raise StoreOutcomeUnknownError(
+                f"the event stream did not confirm the events in {self._retry_seconds:.0f} s"
+                f" ({reason}); they may be stored"
+            )
+        raise StoreUnavailableError(
+            f"the event stream did not take the events in {self._retry_seconds:.0f} s ({reason})"
+        )
+
+    async def _await_claim(
+        self,
+        nc: Client,
+        idempotency: IdempotencyRecord | None,
+        request_id: str,
+        deadline: float,
+    ) -> Replay | _Missing | None:
+        """After the claim was refused: None if it is this request's own (an earlier attempt
+        was stored), the first request's Replay if it is another's, _MISSING if no record
+        shows up (the other batch, refused or lost, may never be stored)."""
+        until = min(deadline, time.monotonic() + max(self._publish_timeout, 1.0))
+        while True:
+            try:
+                if idempotency is None:
+                    subject = claim_subject(self.prefix, request_id)
+                    claim = await api.get_message(
+                        nc, self.stream, {"last_by_subj": subject}, self._publish_timeout
+                    )
+                    if claim is not None:
+                        return None
+                else:
+                    found = await self._read_record(nc, idempotency.scope, idempotency.key)
+                    if found is not None:
+                        owner, replay = found
+                        return None if owner == request_id else replay
+            except (NatsError, api.JetStreamApiError) as exc:
+                log.info("reading a claimed key's record: %s", exc)
+            if time.monotonic() >= until:
+                return _MISSING
+            await asyncio.sleep(0.02)
+
+    async def _read_record(self, nc: Client, scope: str, key: str) -> tuple[str, Replay] | None:
+        """The record of (scope, key): the request that claimed it and its answer."""
+        subject = record_subject(self.prefix, scope, key)
+        timeout = self._publish_timeout
+        first = await api.get_message(nc, self.stream, {"last_by_subj": subject}, timeout)
+        if first is None:
+            return None
+        headers = first.headers
+        owner = headers.get(REQUEST, "")
+        pieces = [first.data]
+        for number in range(1, int(headers.get(PARTS, "1"))):
+            piece = await api.get_message(
+                nc, self.stream, {"last_by_subj": f"{subject}.{number}"}, timeout
+            )
+            if piece is None or piece.headers.get(REQUEST) != owner:
+                return None  # expiring: the rest of it is gone
+            pieces.append(piece.data)
+        return owner, Replay(bytes.fromhex(headers.get(FINGERPRINT, "")), b"".join(pieces))
+
+    async def find_replay(self, scope: str, key: str) -> Replay | None:
+        nc = self._nc
+        if nc is None:
+            return None
+        try:
+            found = await self._read_record(nc, scope, key)
+        except (NatsError, api.JetStreamApiError, ValueError):
+            return None  # not knowing is safe: the caller refuses the request as it would have
+        return None if found is None else found[1]
+
+    # --- reads ---------------------------------------------------------------------------
+
+    async def read(
+        self, after: int = 0, limit: int = 1000, client_key: str | None = None
+    ) -> list[tuple[int, StoredEvent]]:
+        nc = self._require_open()
+        subject = events_subject(self.prefix, client_key)
+        sequence = max(after >> POSITION_BITS, 1)
+        found: list[tuple[int, StoredEvent]] = []
+        request: list[tuple[int, StoredEvent]] = []  # the events of one request
+        request_first = 0
+
+        def take_request() -> None:
+            request.sort(key=lambda pair: pair[0])
+            found.extend(pair for pair in request if pair[0] > after)
+            request.clear()
+
+        try:
+            while len(found) < limit:
+                # Answered by the leader, apart from any atomic batch being stored: a
+                # request's messages are seen all or none.
+                stored = await api.get_message(
+                    nc,
+                    self.stream,
+                    {"seq": sequence, "next_by_subj": subject},
+                    self._publish_timeout,
+                )
+                if stored is None:
+                    break
+                message = decode_event_message(
+                    stored.subject, stored.seq, stored.headers, stored.data
+                )
+                if message.first_sequence != request_first:
+                    take_request()
+                    request_first = message.first_sequence
+                request.extend(zip(message.positions, message.events, strict=True))
+                sequence = stored.seq + 1
+            else:
+                return found[:limit]
+        except (NatsError, api.JetStreamApiError) as exc:
+            raise StoreUnavailableError(f"cannot read the event stream: {exc}") from exc
+        take_request()
+        return found[:limit]
+
+    async def check_writable(self) -> None:
+        nc = self._require_open()
+        if not nc.is_connected:
+            raise StoreUnavailableError("not connected to any NATS server")
+        try:
+            info = await api.stream_info(nc, self.stream, min(self._publish_timeout, 1.0))
+        except (NatsError, api.JetStreamApiError) as exc:
+            raise StoreUnavailableError(f"the event stream does not answer: {exc}") from exc
+        cluster = info.cluster
+        if cluster is None:
+            return
+        if cluster.leader is None:
+            raise StoreUnavailableError("the event stream has no leader")
+        replicas = max(info.config.num_replicas, 1)
+        current = 1 + sum(1 for peer in cluster.replicas if peer.current and not peer.offline)
+        if current < replicas // 2 + 1:
+            raise StoreUnavailableError(
+                f"only {current} of the event stream's {replicas} replicas are current: no quorum"
+            )
+
+
+class _StreamFullError(StoreUnavailableError):
+    """The stream is at its size limit (discard new): nothing was stored."""
+
+
+def _differs(existing: StreamConfig, wanted: StreamConfig) -> bool:
+    return (
+        existing.subjects != wanted.subjects
+        or existing.num_replicas != wanted.num_replicas
+        or existing.discard != wanted.discard
+        or existing.max_bytes != wanted.max_bytes
+        or not existing.allow_msg_ttl
+        or not existing.allow_atomic
+    )

@@ -158,11 +158,15 @@ class JetStreamEventStore(EventStore):
         deadline = time.monotonic() + self._open_timeout
         self._nc = await self._connect(deadline)
         self._max_payload = self._nc.max_payload
-        if self.read_only:
-            await self._retrying(deadline, self._require_stream)
-            return
-        await self._learn_servers()
-        await self._retrying(deadline, self._ensure_stream)
+        try:
+            if self.read_only:
+                await self._retrying(deadline, self._require_stream)
+                return
+            await self._learn_servers()
+            await self._retrying(deadline, self._ensure_stream)
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         nc, self._nc = self._nc, None

@@ -428,7 +428,7 @@ class JetStreamEventStore(EventStore):
                         found = await self._await_claim(nc, idempotency, request_id, deadline)
                         if not isinstance(found, _Missing):
                             return found
-                        reason = "the key's first request was not stored after all"
+                        reason = "the claim is held by a write that is not stored (yet)"
                         continue
                     detail = f"{error.description} (error {error.err_code})"
                     if error.err_code in _FULL_CODES:

@@ -169,3 +169,24 @@ async def test_without_a_quorum_appends_fail_and_recover_by_themselves(
     assert ids == ["before-0", "before-1", "during-0", "during-1", "during-2"]
     print(f"without quorum: {type(refused.value).__name__}: {refused.value}")
     assert isinstance(refused.value, StoreUnavailableError | StoreOutcomeUnknownError)
+
+
+async def test_a_store_opened_right_after_a_full_restart_waits_for_the_leaders(
+    store: JetStreamEventStore, cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """Every server killed and started again: a store opened at once retries until
+    JetStream has elected its leaders, then finds the events and takes new ones."""
+    await store.append(stored(2, prefix="before-"), record())
+    for index in range(3):
+        cluster.kill(index)
+    for index in range(3):
+        cluster.restart(index, wait=False)
+    again = build_store(jetstream_settings(cluster, nats_prefix=store.prefix), tmp_path)
+    await again.open()
+    try:
+        assert await again.append(stored(2, prefix="x-"), record()) is not None
+        assert await again.append(stored(1, prefix="after-")) is None
+        ids = [event.id for _, event in await again.read()]
+        assert ids == ["before-0", "before-1", "after-0"]
+    finally:
+        await again.close()

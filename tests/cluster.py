@@ -3,6 +3,7 @@
 ``NatsCluster(directory, size)`` runs ``size`` servers of this environment (the server extra
 installs the binary in the venv) with the shipped configuration on free ports, waits until
 JetStream answers on each, kills (SIGKILL) and restarts single nodes, and stops them all.
+``jetstream_settings`` gives each test a stream of its own on a shared cluster.
 Without the binary the tests that need it are skipped, and fail when ``CI=true``.
 """
 
@@ -12,12 +13,16 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import httpx
+import nats
 import pytest
 
+from qlevents.store.factory import StoreSettings
 from qlevents.store.jetstream_config import NatsNode, nats_server_binary, write_node_config
+from qlevents.store.jetstream_layout import stream_name
 from tests.support import free_port
 
 
@@ -113,3 +118,23 @@ class NatsCluster:
     def log(self, index: int) -> str:
         path = self.directory / self.nodes[index].name / "server.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+
+def jetstream_settings(cluster: NatsCluster, **overrides: object) -> StoreSettings:
+    """Settings of a cluster store on a stream (and subjects) no other test uses."""
+    values: dict[str, object] = {
+        "store": cluster.url,
+        "nats_prefix": f"t{uuid.uuid4().hex[:12]}",
+        "nats_max_bytes": 64 << 20,
+    }
+    values.update(overrides)
+    return StoreSettings(**values)  # type: ignore[arg-type]
+
+
+async def delete_stream(cluster: NatsCluster, settings: StoreSettings) -> None:
+    """Remove a test's stream, so that the shared cluster does not fill up."""
+    nc = await nats.connect(cluster.url.split(","))
+    try:
+        await nc.jetstream().delete_stream(stream_name(settings.nats_prefix))
+    finally:
+        await nc.close()

@@ -12,8 +12,7 @@ import pytest
 from qlevents.consumer import EventConsumer, EventMessage
 from qlevents.store.factory import build_store
 from qlevents.store.jetstream import JetStreamEventStore
-from tests.cluster import NatsCluster
-from tests.store.conftest import jetstream_settings
+from tests.cluster import NatsCluster, jetstream_settings
 from tests.store.events import stored
 
 pytestmark = pytest.mark.anyio

@@ -8,17 +8,14 @@ each on a stream of its own.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import nats
 import pytest
 
 from qlevents.store import EventStore
 from qlevents.store.factory import StoreSettings, build_store
-from qlevents.store.jetstream_layout import stream_name
-from tests.cluster import NatsCluster
+from tests.cluster import NatsCluster, delete_stream, jetstream_settings
 
 IMPLEMENTATIONS = ["memory", "sqlite", "jetstream"]
 
@@ -33,26 +30,6 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsClust
         yield cluster.start()
     finally:
         cluster.stop()
-
-
-def jetstream_settings(cluster: NatsCluster, **overrides: object) -> StoreSettings:
-    """Settings of a cluster store on a stream (and subjects) no other test uses."""
-    values: dict[str, object] = {
-        "store": cluster.url,
-        "nats_prefix": f"t{uuid.uuid4().hex[:12]}",
-        "nats_max_bytes": 64 << 20,
-    }
-    values.update(overrides)
-    return StoreSettings(**values)  # type: ignore[arg-type]
-
-
-async def delete_stream(cluster: NatsCluster, settings: StoreSettings) -> None:
-    """Remove a test's stream, so that the shared cluster does not fill up."""
-    nc = await nats.connect(cluster.url.split(","))
-    try:
-        await nc.jetstream().delete_stream(stream_name(settings.nats_prefix))
-    finally:
-        await nc.close()
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)

@@ -18,8 +18,7 @@ from qlevents.store import jetstream_api as api
 from qlevents.store.base import CommitStats
 from qlevents.store.factory import StoreSettings, build_store
 from qlevents.store.jetstream import JetStreamEventStore, PublishStats
-from tests.cluster import NatsCluster
-from tests.store.conftest import delete_stream, jetstream_settings
+from tests.cluster import NatsCluster, delete_stream, jetstream_settings
 from tests.store.events import record, stored
 
 pytestmark = pytest.mark.anyio

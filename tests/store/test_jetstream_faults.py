@@ -16,8 +16,7 @@ from qlevents import StoreOutcomeUnknownError, StoreUnavailableError
 from qlevents.store import jetstream_api as api
 from qlevents.store.factory import build_store
 from qlevents.store.jetstream import JetStreamEventStore
-from tests.cluster import NatsCluster
-from tests.store.conftest import jetstream_settings
+from tests.cluster import NatsCluster, jetstream_settings
 from tests.store.events import record, stored
 
 pytestmark = pytest.mark.anyio

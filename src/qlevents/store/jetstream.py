@@ -30,7 +30,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -39,13 +39,11 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import DiscardPolicy, PersistMode, StorageType, StreamConfig
-from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from qlevents._exceptions import StoreOutcomeUnknownError, StoreUnavailableError
 from qlevents.events import StoredEvent
-from qlevents.settings import SettingsError
 from qlevents.store import jetstream_api as api
+from qlevents.store import jetstream_setup as setup
 from qlevents.store.base import (
     CommitObserver,
     CommitStats,
@@ -61,7 +59,6 @@ from qlevents.store.jetstream_layout import (
     POSITION_BITS,
     REQUEST,
     Outgoing,
-    all_subjects,
     check_prefix,
     claim_message,
     claim_subject,
@@ -88,10 +85,6 @@ _NOT_SENT: Final = (
     nats.errors.OutboundBufferLimitError,
     nats.errors.StaleConnectionError,
 )
-#: How long ``open`` waits for the servers' /varz answers (seconds).
-_VARZ_TIMEOUT: Final = 2.0
-#: Replicas of the stream on a cluster of three or more servers.
-_REPLICAS: Final = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,20 +143,37 @@ class JetStreamEventStore(EventStore):
         self._nc: Client | None = None
         self._max_batch = api.DEFAULT_BATCH_MESSAGES
         self._max_payload = 1 << 20
-        self._cluster_size: int | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def open(self) -> None:
         deadline = time.monotonic() + self._open_timeout
-        self._nc = await self._connect(deadline)
-        self._max_payload = self._nc.max_payload
+        self._nc = nc = await setup.connect(self.servers, deadline, lambda: self._nc is None)
+        self._max_payload = nc.max_payload
+        timeout = self._publish_timeout
         try:
             if self.read_only:
-                await self._retrying(deadline, self._require_stream)
+                await setup.retrying(
+                    deadline,
+                    f"the event stream {self.stream}",
+                    lambda: setup.require_stream(nc, self.stream, self.servers, timeout),
+                )
                 return
-            await self._learn_servers()
-            await self._retrying(deadline, self._ensure_stream)
+            facts = await setup.check_servers(nc, allow_lazy_fsync=self._allow_lazy_fsync)
+            self._max_batch = facts.max_batch_messages
+            self._max_payload = min(self._max_payload, facts.max_payload or self._max_payload)
+            await setup.retrying(
+                deadline,
+                f"the event stream {self.stream}",
+                lambda: setup.ensure_stream(
+                    nc,
+                    self.stream,
+                    self.prefix,
+                    max_bytes=self._max_bytes,
+                    cluster_size=facts.size,
+                    timeout=timeout,
+                ),
+            )
         except BaseException:
             await self.close()
             raise
@@ -175,170 +185,6 @@ class JetStreamEventStore(EventStore):
                 await asyncio.wait_for(nc.close(), 5.0)
             except (TimeoutError, NatsError) as exc:
                 log.warning("closing the NATS connection: %s", exc)
-
-    async def _connect(self, deadline: float) -> Client:
-        async def on_error(exc: Exception) -> None:
-            log.warning("NATS: %s", exc or type(exc).__name__)
-
-        async def on_disconnected() -> None:
-            if self._nc is not None:  # not closing
-                log.warning("disconnected from NATS; reconnecting")
-
-        async def on_reconnected() -> None:
-            log.info("reconnected to NATS")
-
-        while True:
-            try:
-                return await nats.connect(
-                    servers=self.servers,
-                    name="qlevents",
-                    connect_timeout=2,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.25,
-                    # A server that died silently is noticed in ~10 s, not the default 4 min.
-                    ping_interval=5,
-                    max_outstanding_pings=2,
-                    # Room for a whole 5 MiB request while reconnecting.
-                    pending_size=16 << 20,
-                    error_cb=on_error,
-                    disconnected_cb=on_disconnected,
-                    reconnected_cb=on_reconnected,
-                )
-            except (OSError, NatsError) as exc:
-                if time.monotonic() >= deadline:
-                    raise StoreUnavailableError(
-                        f"cannot connect to NATS at {','.join(self.servers)}: {exc}"
-                    ) from exc
-                await asyncio.sleep(0.5)
-
-    async def _retrying(self, deadline: float, step: Callable[[Client], Awaitable[None]]) -> None:
-        """Run ``step`` until it succeeds, while JetStream cannot answer yet (after a full
-        restart it elects its leaders for ~5 s)."""
-        nc = self._require_open()
-        while True:
-            try:
-                await step(nc)
-                return
-            except (NatsTimeoutError, ServiceUnavailableError, NoRespondersError) as exc:
-                reason = str(exc) or type(exc).__name__
-            except APIError as exc:
-                if exc.code is None or exc.code < 500:
-                    raise StoreUnavailableError(
-                        f"JetStream refused the event stream {self.stream}: {exc.description}"
-                        f" (error {exc.err_code})"
-                    ) from exc
-                reason = str(exc.description)
-            if time.monotonic() >= deadline:
-                raise StoreUnavailableError(
-                    f"JetStream did not answer within {self._open_timeout:.0f} s: {reason}"
-                )
-            log.info("JetStream is not ready (%s); retrying", reason)
-            await asyncio.sleep(0.25)
-
-    async def _learn_servers(self) -> None:
-        """Refuse servers that do not fsync every write; learn the cluster's size and limits."""
-        nc = self._require_open()
-        try:
-            facts = await api.ask_servers(nc, _VARZ_TIMEOUT)
-        except NoRespondersError:
-            facts = []
-        if not facts:
-            message = (
-                "cannot tell whether the NATS servers fsync every write: they do not answer"
-                f" {api.VARZ_SUBJECT!r} (the import in the shipped nats-server.conf,"
-                " docs/cluster.md)"
-            )
-            if not self._allow_lazy_fsync:
-                raise SettingsError(
-                    f"{message}; use that configuration, or --allow-lazy-fsync to run without"
-                    " the check"
-                )
-            log.warning("%s; going on (--allow-lazy-fsync)", message)
-            return
-        lazy = sorted(fact.name for fact in facts if not fact.sync_always)
-        if lazy:
-            message = (
-                f"the NATS servers {', '.join(lazy)} do not fsync every write: an"
-                " acknowledged event could be lost when machines lose power together (Jepsen"
-                " found 131,418 of 930,005 lost with the default, 2025)"
-            )
-            if not self._allow_lazy_fsync:
-                raise SettingsError(
-                    f"{message}. Set `sync_interval: always` in their jetstream block (the"
-                    " shipped nats-server.conf does), or start with --allow-lazy-fsync to"
-                    " accept the risk"
-                )
-            log.warning("%s; going on (--allow-lazy-fsync)", message)
-        size = max(fact.cluster_size for fact in facts)
-        if len(facts) < size:
-            log.warning(
-                "only %d of the %d NATS servers answered; the others' fsync setting is unchecked",
-                len(facts),
-                size,
-            )
-        self._cluster_size = size
-        self._max_batch = min(fact.max_batch_messages for fact in facts)
-        payloads = [fact.max_payload for fact in facts if fact.max_payload]
-        self._max_payload = min([self._max_payload, *payloads])
-
-    async def _ensure_stream(self, nc: Client) -> None:
-        js = nc.jetstream(timeout=self._publish_timeout)
-        try:
-            info = await js.stream_info(self.stream)
-        except NotFoundError:
-            info = None
-        wanted = min(_REPLICAS, self._cluster_size or _REPLICAS)
-        if info is not None:
-            existing = info.config
-            if existing.storage != StorageType.FILE:
-                raise SettingsError(f"the stream {self.stream} exists, but not on disk")
-            if existing.persist_mode == PersistMode.ASYNC:
-                raise SettingsError(
-                    f"the stream {self.stream} is in persist_mode async: it acknowledges"
-                    " writes before they are on disk"
-                )
-            # Never fewer replicas than an operator gave it.
-            wanted = max(wanted, existing.num_replicas or 1)
-        config = self._stream_config(wanted)
-        if info is None:
-            try:
-                await js.add_stream(config)
-            except APIError as exc:
-                if self._cluster_size is not None or exc.err_code not in {
-                    api.REPLICAS_NOT_SUPPORTED,
-                    api.INSUFFICIENT_RESOURCES,
-                }:
-                    raise
-                # The cluster's size is unknown (no /varz) and it is smaller than three.
-                await js.add_stream(self._stream_config(1))
-            log.info("created the event stream %s (R%d)", self.stream, config.num_replicas)
-        elif _differs(info.config, config):
-            await js.update_stream(config)
-            log.info("updated the event stream %s (R%d)", self.stream, config.num_replicas)
-
-    def _stream_config(self, replicas: int) -> StreamConfig:
-        return StreamConfig(
-            name=self.stream,
-            description="qlevents: accepted events (docs/cluster.md)",
-            subjects=[all_subjects(self.prefix)],
-            storage=StorageType.FILE,
-            num_replicas=replicas,
-            # A full stream refuses new events (the API answers 503) and keeps the old ones.
-            discard=DiscardPolicy.NEW,
-            max_bytes=self._max_bytes,
-            allow_msg_ttl=True,
-            allow_atomic=True,
-            persist_mode=PersistMode.DEFAULT,
-        )
-
-    async def _require_stream(self, nc: Client) -> None:
-        try:
-            await nc.jetstream(timeout=self._publish_timeout).stream_info(self.stream)
-        except NotFoundError as exc:
-            raise SettingsError(
-                f"no event stream {self.stream} on {','.join(self.servers)}; is --store right?"
-            ) from exc
 
     def _require_open(self) -> Client:
         if self._nc is None:
@@ -578,14 +424,3 @@ class JetStreamEventStore(EventStore):
 
 class _StreamFullError(StoreUnavailableError):
     """The stream is at its size limit (discard new): nothing was stored."""
-
-
-def _differs(existing: StreamConfig, wanted: StreamConfig) -> bool:
-    return (
-        existing.subjects != wanted.subjects
-        or existing.num_replicas != wanted.num_replicas
-        or existing.discard != wanted.discard
-        or existing.max_bytes != wanted.max_bytes
-        or not existing.allow_msg_ttl
-        or not existing.allow_atomic
-    )

@@ -23,7 +23,6 @@ STORE_FAILED: Final = 10077  # "maximum bytes exceeded" on a full stream, or a d
 STORAGE_EXCEEDED: Final = 10047
 INSUFFICIENT_RESOURCES: Final = 10023
 REPLICAS_NOT_SUPPORTED: Final = 10074  # R3 asked of a server that is not in a cluster
-STREAM_NOT_FOUND: Final = 10059
 
 
 class ApiError(msgspec.Struct):

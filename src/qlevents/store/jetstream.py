@@ -253,6 +253,9 @@ class JetStreamEventStore(EventStore):
         reason = "no attempt was made"
         delay = 0.05
         while (remaining := deadline - time.monotonic()) > 0:
+            if nc.is_closed:
+                reason = "the event store was closed"
+                break
             if not nc.is_connected:
                 reason = "not connected to any NATS server"
             else:

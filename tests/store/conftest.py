@@ -2,24 +2,48 @@
 
 The contract tests (``test_contract.py``) run against each of them unchanged; a new
 implementation joins them by adding its name (and what it needs to run) to ``IMPLEMENTATIONS``.
+"jetstream" is the cluster store on a three-node NATS cluster shared by the module's tests,
+each on a stream of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from qlevents.store import EventStore
 from qlevents.store.factory import StoreSettings, build_store
+from tests.cluster import NatsCluster, delete_stream, jetstream_settings
 
-IMPLEMENTATIONS = ["memory", "sqlite"]
+IMPLEMENTATIONS = ["memory", "sqlite", "jetstream"]
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """Three NATS servers with the shipped configuration, shared by a module's tests (tests
+    that kill nodes start their own). Not the session's: other modules count the test
+    process's children."""
+    cluster = NatsCluster(tmp_path_factory.mktemp("nats"), 3)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventStore]:
-    """An open store of each implementation, on a fresh data directory."""
+    """An open store of each implementation, on a fresh data directory (or stream)."""
+    if request.param == "jetstream":
+        cluster: NatsCluster = request.getfixturevalue("nats_cluster")
+        settings = jetstream_settings(cluster)
+        impl = build_store(settings, tmp_path)
+        await impl.open()
+        yield impl
+        await impl.close()
+        await delete_stream(cluster, settings)
+        return
     impl = build_store(StoreSettings(store=request.param), tmp_path)
     await impl.open()
     yield impl

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from qlevents.settings import SettingsError
+from qlevents.settings import SettingsError, from_env
 from qlevents.store.factory import SQLITE_FILE, StoreSettings, build_store
 from qlevents.store.memory import MemoryEventStore
 from qlevents.store.sqlite import SQLiteEventStore
@@ -29,7 +30,7 @@ def test_memory_is_a_memory_store(tmp_path: Path) -> None:
 
 def test_an_unknown_store_is_refused_by_name() -> None:
     """A typo in --store is an error that names the setting and the choices."""
-    with pytest.raises(SettingsError, match="unknown store; use sqlite or memory"):
+    with pytest.raises(SettingsError, match="unknown store; use sqlite, memory or nats:"):
         StoreSettings(store="sqlit")
 
 
@@ -55,3 +56,46 @@ async def test_a_read_only_store_reads_without_starting_a_writer(tmp_path: Path)
             await reader.append(stored(1))
     finally:
         await reader.close()
+
+
+def test_nats_urls_choose_the_cluster_store(tmp_path: Path) -> None:
+    """--store nats://a,nats://b: the cluster store on those servers, with its settings."""
+    from qlevents.store.jetstream import JetStreamEventStore
+
+    settings = StoreSettings(
+        store="nats://10.0.0.1:4222, nats://10.0.0.2:4222", nats_prefix="shop-a"
+    )
+    store = build_store(settings, tmp_path)
+    assert isinstance(store, JetStreamEventStore)
+    assert store.servers == ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]
+    assert (store.prefix, store.stream) == ("shop-a", "SHOP-A")
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_cluster_settings_are_read_from_the_environment() -> None:
+    """QLEVENTS_ALLOW_LAZY_FSYNC, QLEVENTS_NATS_* set the cluster store's settings."""
+    settings = from_env(
+        StoreSettings,
+        {
+            "QLEVENTS_STORE": "nats://127.0.0.1:4222",
+            "QLEVENTS_ALLOW_LAZY_FSYNC": "yes",
+            "QLEVENTS_NATS_PUBLISH_TIMEOUT": "1.5",
+            "QLEVENTS_NATS_MAX_BYTES": str(1 << 30),
+        },
+    )
+    assert settings.allow_lazy_fsync
+    assert settings.nats_publish_timeout == 1.5
+    assert settings.nats_max_bytes == 1 << 30
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"store": "nats://a:4222,http://b:4222"}, "http://b:4222 is not a nats:// URL"),
+        ({"store": "nats://a:4222", "nats_prefix": "a.b"}, "QLEVENTS_NATS_PREFIX='a.b'"),
+    ],
+)
+def test_bad_cluster_settings_are_refused_by_name(values: dict[str, str], message: str) -> None:
+    """A URL that is not nats://, or a prefix that cannot start a subject, says which."""
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        StoreSettings(**values)  # type: ignore[arg-type]

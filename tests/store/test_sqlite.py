@@ -510,15 +510,15 @@ class TestSQLitePrune:
         store = SQLiteEventStore(path)
         await store.open()
         try:
-            for _ in range(20):
-                await store.append(stored(500))
+            for n in range(20):
+                await store.append(at(f"2026-01-{n + 1:02d}T00:00:00.000000Z", stored(500)))
         finally:
             await store.close()
         size = path.stat().st_size
         pruned = SQLiteEventStore(path).prune_sync("2099-01-01T00:00:00.000000Z")
-        assert pruned.events == 9_999  # the newest stays
+        assert pruned.events == 9_500  # the newest request stays
         assert path.stat().st_size < size / 4
-        assert len(SQLiteEventStore(path).read_sync()) == 1
+        assert len(SQLiteEventStore(path).read_sync()) == 500
 
     async def test_a_retention_period_prunes_old_events_at_open(self, tmp_path: Path) -> None:
         """With retain_seconds, events older than the period are pruned while serving."""
@@ -526,11 +526,11 @@ class TestSQLitePrune:
         writer = SQLiteEventStore(path)
         await writer.open()
         await writer.append(at("2020-01-01T00:00:00.000000Z", stored(3, prefix="old")))
+        await writer.append(at("2099-01-01T00:00:00.000000Z", stored(1, prefix="new")))
         await writer.close()
         store = SQLiteEventStore(path, retain_seconds=86_400)
         await store.open()
         try:
-            await store.append(at("2099-01-01T00:00:00.000000Z", stored(1, prefix="new")))
             for _ in range(200):
                 if [e.id for _, e in await store.read()] == ["new0"]:
                     break

@@ -29,10 +29,11 @@ acknowledged, and never raises for a write that was stored and acknowledged.
 events became readable, never reused, stable for as long as the event is kept (a reader
 resumes after the last position it saw). Positions need not be consecutive.
 
-**Pruning.** ``prune`` removes the longest prefix of the log whose events were all received
-before a time, except the newest event of the log, which always stays (so that a position is
-never handed out twice): what remains keeps its positions, and a reader that had not reached
-the pruned part resumes at the first event kept. Idempotency claims are not pruned with their
+**Pruning.** ``prune`` removes the longest prefix of the log whose requests were all received
+before a time (a request's events go together: they share their receipt time), except the
+newest request of the log, which always stays (so that no position is handed out twice):
+what remains keeps its positions, and a reader that had not reached the pruned part resumes
+at the first event kept. Idempotency claims are not pruned with their
 events: a retry within 24 h is still answered as a replay and stores nothing again.
 
 **Read-only use.** A store built for reading (``qlevents events export``) must not create
@@ -134,8 +135,9 @@ class EventStore(abc.ABC):
         with its position; only ``client_key``'s events when it is given."""
 
     async def prune(self, received_before: str) -> Pruned:
-        """Remove the longest prefix of the log whose events were received before
-        ``received_before`` (a UTC timestamp written like ``StoredEvent.received_at``)."""
+        """Remove the longest prefix of the log whose requests were received before
+        ``received_before`` (a UTC timestamp written like ``StoredEvent.received_at``), except
+        the newest request."""
         raise StoreError(f"the {type(self).__name__} cannot prune events")
 
     @abc.abstractmethod

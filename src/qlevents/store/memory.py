@@ -50,8 +50,9 @@ class MemoryEventStore(EventStore):
 
     async def prune(self, received_before: str) -> Pruned:
         count = 0
-        for event in self._events[:-1]:  # the newest event stays, as the contract says
-            if event.received_at >= received_before:
+        newest = self._events[-1].received_at if self._events else ""
+        for event in self._events:  # the newest request stays, as the contract says
+            if event.received_at >= received_before or event.received_at == newest:
                 break
             count += 1
         del self._events[:count]

@@ -417,9 +417,12 @@ class SQLiteEventStore(EventStore):
             while True:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    # The newest event stays, whatever its age: SQLite gives a new row the
-                    # largest position + 1, so an empty table would hand out 1 again.
-                    (newest,) = conn.execute("SELECT max(position) FROM events").fetchone()
+                    # The newest request stays, whatever its age: SQLite gives a new row the
+                    # largest position + 1, so an empty table would hand out 1 again. (A
+                    # request's events share their receipt time.)
+                    newest = conn.execute(
+                        "SELECT received_at FROM events ORDER BY position DESC LIMIT 1"
+                    ).fetchone()
                     rows = conn.execute(
                         "SELECT position, received_at FROM events WHERE position > ?"
                         " ORDER BY position LIMIT ?",
@@ -429,7 +432,7 @@ class SQLiteEventStore(EventStore):
                     while (
                         old < len(rows)
                         and rows[old][1] < received_before
-                        and rows[old][0] != newest
+                        and rows[old][1] != newest[0]
                     ):
                         old += 1
                     if old:

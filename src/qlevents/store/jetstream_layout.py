@@ -1,0 +1,277 @@
+"""The log's layout, version 1: subjects, headers and payloads (docs/cluster.md).
+
+This is the backends' API: a pricing backend reads the events with any NATS client. Every
+subject starts with ``<prefix>.v1`` (prefix ``qlevents`` unless configured); a change that
+an existing reader could misread gets a new version, and both are written while readers
+move.
+
+    <prefix>.v1.events.<account>.<kind>      events of one account and kind (a JSON array)
+    <prefix>.v1.idem.<account>.<key-hash>    the record of an Idempotency-Key (kept 24 h)
+    <prefix>.v1.idem.<account>.<key-hash>.N  part N of it, when the answer is over one message
+    <prefix>.v1.claim.<request>              the claim of a request without a key (2 min)
+
+``<account>`` is the client key and ``<kind>`` the event type (``view``, ``conversion``),
+each as a subject token (:func:`token`). One request is one atomic batch: its event
+messages first (``Qlevents-Part: k/m``), then its record or claim.
+
+A stored event's position (what :meth:`~qlevents.store.base.EventStore.read` returns) is
+``first_sequence << 10 | index``: the stream sequence of the first message of its request,
+and its index in the request. Positions increase in request order and never change.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import msgspec
+
+from qlevents.events import StoredEvent
+from qlevents.store.base import IDEMPOTENCY_TTL, IdempotencyRecord
+
+VERSION: Final = "v1"
+DEFAULT_PREFIX: Final = "qlevents"
+#: A position holds the event's index in its request in its low bits.
+POSITION_BITS: Final = 10
+MAX_APPEND_EVENTS: Final = 1 << POSITION_BITS
+#: How long a request without a key is remembered (seconds): longer than the store retries
+#: it (~10 s) plus the server's atomic-batch timeout (10 s).
+CLAIM_TTL: Final = 120
+
+# Headers of version 1.
+REQUEST: Final = "Qlevents-Request"  # the request the message belongs to (32 hex digits)
+PART: Final = "Qlevents-Part"  # "k/m": event message k (from 0) of the request's m
+INDEX: Final = "Qlevents-Index"  # each event's index in its request: "0-3,7"
+FINGERPRINT: Final = "Qlevents-Fingerprint"  # the request body's digest (hex), on records
+PARTS: Final = "Qlevents-Parts"  # how many messages the record's answer spans
+# NATS's own.
+EXPECTED_LAST_SUBJECT_SEQUENCE: Final = "Nats-Expected-Last-Subject-Sequence"
+TTL: Final = "Nats-TTL"
+
+_SAFE_TOKEN: Final = re.compile(r"[A-Za-z0-9_-]+")
+_ENCODER: Final = msgspec.json.Encoder()
+_EVENTS: Final = msgspec.json.Decoder(list[StoredEvent])
+
+
+def check_prefix(prefix: str) -> str:
+    """``prefix`` if it can start the subjects (letters, digits, ``_`` and ``-``)."""
+    if not _SAFE_TOKEN.fullmatch(prefix):
+        raise ValueError(f"the subject prefix {prefix!r} may hold only letters, digits, _ and -")
+    return prefix
+
+
+def stream_name(prefix: str) -> str:
+    """The name of the stream that holds ``<prefix>.v1.>``."""
+    return check_prefix(prefix).upper()
+
+
+def token(value: str) -> str:
+    """``value`` as one subject token: itself if it is letters, digits, ``_`` and ``-`` (a
+    client key always is), else ``~`` and its UTF-8 in unpadded base64url."""
+    if _SAFE_TOKEN.fullmatch(value):
+        return value
+    return "~" + base64.urlsafe_b64encode(value.encode()).rstrip(b"=").decode("ascii")
+
+
+def untoken(value: str) -> str:
+    """The string :func:`token` made ``value`` from."""
+    if not value.startswith("~"):
+        return value
+    encoded = value[1:]
+    return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+
+
+def all_subjects(prefix: str) -> str:
+    return f"{prefix}.{VERSION}.>"
+
+
+def events_subject(prefix: str, account: str | None = None, kind: str | None = None) -> str:
+    """The subject of ``account``'s events of ``kind``; a wildcard for each one not given
+    (``events_subject("qlevents")`` is every event)."""
+    if account is None and kind is None:
+        return f"{prefix}.{VERSION}.events.>"
+    account_part = "*" if account is None else token(account)
+    kind_part = "*" if kind is None else token(kind)
+    return f"{prefix}.{VERSION}.events.{account_part}.{kind_part}"
+
+
+def record_subject(prefix: str, scope: str, key: str) -> str:
+    """Where the record of ``key`` of account ``scope`` is (the key is hashed: any string)."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+    return f"{prefix}.{VERSION}.idem.{token(scope)}.{digest}"
+
+
+def claim_subject(prefix: str, request_id: str) -> str:
+    return f"{prefix}.{VERSION}.claim.{request_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message to publish as part of a request's batch."""
+
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
+
+
+def event_messages(
+    prefix: str, events: Sequence[StoredEvent], request_id: str, max_payload: int
+) -> list[Outgoing]:
+    """The request's events as messages: one per (account, kind), in the order each first
+    appears, split where one would hold more than ``max_payload`` bytes."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for index, event in enumerate(events):
+        groups.setdefault((event.client_key, event.event), []).append(index)
+    chunks: list[tuple[str, bytes, list[int]]] = []
+    for (account, kind), indexes in groups.items():
+        subject = events_subject(prefix, account, kind)
+        payload = _ENCODER.encode([events[i] for i in indexes])
+        if len(payload) <= max_payload:
+            chunks.append((subject, payload, indexes))
+        else:
+            chunks.extend(_split(subject, events, indexes, max_payload))
+    total = len(chunks)
+    return [
+        Outgoing(
+            subject,
+            payload,
+            {REQUEST: request_id, PART: f"{part}/{total}", INDEX: format_indexes(indexes)},
+        )
+        for part, (subject, payload, indexes) in enumerate(chunks)
+    ]
+
+
+def _split(
+    subject: str, events: Sequence[StoredEvent], indexes: list[int], max_payload: int
+) -> list[tuple[str, bytes, list[int]]]:
+    chunks: list[tuple[str, bytes, list[int]]] = []
+    encoded: list[bytes] = []
+    taken: list[int] = []
+    size = 2  # the brackets
+    for index in indexes:
+        one = _ENCODER.encode(events[index])
+        if len(one) + 3 > max_payload:
+            raise ValueError(f"event {index} alone is over {max_payload} bytes")
+        if encoded and size + len(one) + 1 > max_payload:
+            chunks.append((subject, b"[" + b",".join(encoded) + b"]", taken))
+            encoded, taken, size = [], [], 2
+        encoded.append(one)
+        taken.append(index)
+        size += len(one) + 1
+    chunks.append((subject, b"[" + b",".join(encoded) + b"]", taken))
+    return chunks
+
+
+def record_messages(
+    prefix: str, record: IdempotencyRecord, request_id: str, max_payload: int
+) -> list[Outgoing]:
+    """The record of ``record``'s key: its first message claims the key (it is stored only
+    if the subject holds no message); the answer goes over as many as it needs."""
+    subject = record_subject(prefix, record.scope, record.key)
+    response = record.response
+    pieces = [response[i : i + max_payload] for i in range(0, len(response), max_payload)]
+    pieces = pieces or [b""]
+    ttl = str(int(IDEMPOTENCY_TTL))
+    first = Outgoing(
+        subject,
+        pieces[0],
+        {
+            REQUEST: request_id,
+            FINGERPRINT: record.fingerprint.hex(),
+            PARTS: str(len(pieces)),
+            EXPECTED_LAST_SUBJECT_SEQUENCE: "0",
+            TTL: ttl,
+        },
+    )
+    rest = [
+        Outgoing(f"{subject}.{n}", piece, {REQUEST: request_id, TTL: ttl})
+        for n, piece in enumerate(pieces[1:], start=1)
+    ]
+    return [first, *rest]
+
+
+def claim_message(prefix: str, request_id: str) -> Outgoing:
+    """The claim that makes a request without a key unique: a retry of it is refused."""
+    return Outgoing(
+        claim_subject(prefix, request_id),
+        b"",
+        {REQUEST: request_id, EXPECTED_LAST_SUBJECT_SEQUENCE: "0", TTL: str(CLAIM_TTL)},
+    )
+
+
+def format_indexes(indexes: Sequence[int]) -> str:
+    """Increasing indexes as ranges: [0, 1, 2, 3, 7] -> "0-3,7"."""
+    ranges: list[str] = []
+    start = previous = indexes[0]
+    for index in [*indexes[1:], -1]:
+        if index == previous + 1:
+            previous = index
+            continue
+        ranges.append(str(start) if start == previous else f"{start}-{previous}")
+        start = previous = index
+    return ",".join(ranges)
+
+
+def parse_indexes(text: str) -> list[int]:
+    indexes: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        indexes.extend(range(int(first), int(last or first) + 1))
+    return indexes
+
+
+@dataclass(frozen=True, slots=True)
+class EventMessage:
+    """One message of ``<prefix>.v1.events.>``, decoded."""
+
+    subject: str
+    sequence: int
+    """Its stream sequence."""
+    account: str
+    kind: str
+    request_id: str
+    part: int
+    """Which of its request's event messages it is (from 0), of ``parts``."""
+    parts: int
+    indexes: list[int]
+    """Each event's index in its request."""
+    events: list[StoredEvent]
+
+    @property
+    def first_sequence(self) -> int:
+        """The stream sequence of its request's first message."""
+        return self.sequence - self.part
+
+    @property
+    def positions(self) -> list[int]:
+        """Each event's position (as the store's ``read`` gives it)."""
+        base = self.first_sequence << POSITION_BITS
+        return [base | index for index in self.indexes]
+
+
+def decode_event_message(
+    subject: str, sequence: int, headers: Mapping[str, str], payload: bytes
+) -> EventMessage:
+    """An event message from what any NATS client gives: its subject, stream sequence,
+    headers and payload."""
+    tokens = subject.split(".")
+    part, _, parts = headers[PART].partition("/")
+    events = _EVENTS.decode(payload)
+    indexes = parse_indexes(headers[INDEX])
+    if len(indexes) != len(events):
+        raise ValueError(f"message {sequence}: {len(events)} events but {len(indexes)} indexes")
+    return EventMessage(
+        subject=subject,
+        sequence=sequence,
+        account=untoken(tokens[-2]),
+        kind=untoken(tokens[-1]),
+        request_id=headers[REQUEST],
+        part=int(part),
+        parts=int(parts),
+        indexes=indexes,
+        events=events,
+    )

@@ -1,0 +1,249 @@
+"""The cluster store beyond the contract: a whole 5 MiB request in one atomic step, retries
+that store nothing twice, a full stream, the servers' fsync check, read-only use."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from qlevents import StoreOutcomeUnknownError, StoreUnavailableError
+from qlevents.events import StoredEvent
+from qlevents.settings import SettingsError
+from qlevents.store import EventStore, Replay
+from qlevents.store import jetstream_api as api
+from qlevents.store.base import CommitStats
+from qlevents.store.factory import StoreSettings, build_store
+from qlevents.store.jetstream import JetStreamEventStore, PublishStats
+from tests.cluster import NatsCluster, delete_stream, jetstream_settings
+from tests.store.events import record, stored
+
+pytestmark = pytest.mark.anyio
+
+OpenStore = Callable[..., Awaitable[JetStreamEventStore]]
+
+
+@pytest.fixture
+async def open_store(nats_cluster: NatsCluster, tmp_path: Path) -> AsyncIterator[OpenStore]:
+    """Open cluster stores on the module's cluster, each on its own stream, with settings
+    and constructor options given; all closed (and their streams deleted) after the test."""
+    opened: list[tuple[JetStreamEventStore, StoreSettings]] = []
+
+    async def start(**options: Any) -> JetStreamEventStore:
+        settings = jetstream_settings(nats_cluster, **options.pop("settings", {}))
+        store = build_store(settings, tmp_path, **options)
+        assert isinstance(store, JetStreamEventStore)
+        await store.open()
+        opened.append((store, settings))
+        return store
+
+    yield start
+    for store, settings in opened:
+        await store.close()
+        await delete_stream(nats_cluster, settings)
+
+
+def big_events(n: int, client_key: str = "k1", prefix: str = "big") -> list[StoredEvent]:
+    """Events of ~5.3 KB each (40 tags of 128 characters)."""
+    return [
+        StoredEvent(
+            id=f"{prefix}{i}",
+            received_at="2026-11-27T00:00:00.000000Z",
+            client_key=client_key,
+            event="view",
+            product_id=f"p{i}",
+            price=1.0,
+            permalink="https://shop.example/p",
+            tags=[f"{t:03d}" + "x" * 125 for t in range(40)],
+        )
+        for i in range(n)
+    ]
+
+
+async def read_all(store: EventStore) -> list[StoredEvent]:
+    return [event for _, event in await store.read(limit=100_000)]
+
+
+class TestLargeRequests:
+    async def test_a_1000_event_5_mib_request_is_stored_whole_with_its_answer(
+        self, open_store: OpenStore
+    ) -> None:
+        """Over 5 MiB of events and an answer as large: all stored, the answer replayed."""
+        store = await open_store()
+        events = big_events(1000)
+        answer = b"A" * (5 << 20)
+        assert await store.append(events, record(response=answer)) is None
+        assert await read_all(store) == events
+        assert await store.find_replay("k1", "key-1") == Replay(b"f1", answer)
+        assert await store.append(big_events(3), record()) == Replay(b"f1", answer)
+        assert len(await read_all(store)) == 1000
+
+    async def test_a_request_of_1000_accounts_is_one_batch(self, open_store: OpenStore) -> None:
+        """A message per account: 1,001 messages fit the shipped batch limit."""
+        store = await open_store()
+        events = [stored(1, f"acct{i}", f"a{i}-")[0] for i in range(1000)]
+        assert await store.append(events, record()) is None
+        assert [e.id for e in await read_all(store)] == [e.id for e in events]
+        assert [e.id for _, e in await store.read(client_key="acct7")] == ["a7-0"]
+
+
+class TestRetries:
+    @pytest.fixture
+    def lost_first_answer(self, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+        """The first batch is stored but its answer is lost (a timeout); the count of
+        batches sent is returned."""
+        real = api.publish_batch
+        sent = [0]
+
+        async def publish_batch(*args: Any, **kwargs: Any) -> api.PubAck:
+            sent[0] += 1
+            ack = await real(*args, **kwargs)
+            if sent[0] == 1:
+                raise NatsTimeoutError
+            return ack
+
+        monkeypatch.setattr(api, "publish_batch", publish_batch)
+        return sent
+
+    async def test_a_request_without_a_key_is_not_stored_twice_by_a_retry(
+        self, open_store: OpenStore, lost_first_answer: list[int]
+    ) -> None:
+        """The retry's claim is refused: the first attempt was stored, append succeeds."""
+        seen: list[PublishStats] = []
+        store = await open_store(publish_observer=seen.append)
+        assert await store.append(stored(3)) is None
+        assert lost_first_answer[0] == 2
+        assert [e.id for e in await read_all(store)] == ["e0", "e1", "e2"]
+        assert [(s.outcome, s.attempts) for s in seen] == [("stored", 2)]
+
+    async def test_a_request_with_a_key_is_answered_as_stored_not_replayed(
+        self, open_store: OpenStore, lost_first_answer: list[int]
+    ) -> None:
+        """The record found by the retry is this request's own: stored once, no Replay."""
+        store = await open_store()
+        assert await store.append(stored(3), record()) is None
+        assert lost_first_answer[0] == 2
+        assert len(await read_all(store)) == 3
+        assert await store.append(stored(3), record(response=b"2")) == Replay(b"f1", b"{}")
+
+
+class TestFullStream:
+    async def test_a_full_stream_refuses_whole_requests_and_keeps_what_it_has(
+        self, open_store: OpenStore
+    ) -> None:
+        """discard new: a request that does not fit fails (503) and none of it is stored."""
+        store = await open_store(settings={"nats_max_bytes": 1 << 20})
+        accepted: list[str] = []
+        with pytest.raises(StoreUnavailableError, match="full") as refused:
+            for n in range(1000):
+                events = big_events(20, prefix=f"r{n}-")
+                await store.append(events, record(key=f"key-{n}"))
+                accepted.extend(e.id for e in events)
+        assert not isinstance(refused.value, StoreOutcomeUnknownError)
+        assert accepted
+        assert [e.id for e in await read_all(store)] == accepted
+        with pytest.raises(StoreUnavailableError, match="full"):
+            await store.append(big_events(20, prefix="again-"))
+        assert [e.id for e in await read_all(store)] == accepted
+
+
+class TestObservers:
+    async def test_observers_see_each_append(self, open_store: OpenStore) -> None:
+        """The commit observer sees stored events; the publish observer every outcome."""
+        commits: list[CommitStats] = []
+        publishes: list[PublishStats] = []
+        store = await open_store(observer=commits.append, publish_observer=publishes.append)
+        await store.append(stored(4), record())
+        await store.append(stored(4), record())
+        assert [(c.requests, c.events) for c in commits] == [(1, 4)]
+        assert [(p.outcome, p.attempts, p.events) for p in publishes] == [
+            ("stored", 1, 4),
+            ("replayed", 1, 4),
+        ]
+
+
+class TestReadOnly:
+    async def test_reading_a_missing_stream_says_so(
+        self, nats_cluster: NatsCluster, tmp_path: Path
+    ) -> None:
+        """export with a wrong --store (or prefix) is refused; nothing is created."""
+        settings = jetstream_settings(nats_cluster)
+        reader = build_store(settings, tmp_path, read_only=True)
+        with pytest.raises(SettingsError, match="no event stream"):
+            await reader.open()
+        await reader.close()
+
+    async def test_a_read_only_store_reads_and_cannot_append(
+        self, open_store: OpenStore, nats_cluster: NatsCluster, tmp_path: Path
+    ) -> None:
+        """A reader sees what a writer stored and takes no writes."""
+        writer = await open_store()
+        await writer.append(stored(3))
+        settings = jetstream_settings(nats_cluster, nats_prefix=writer.prefix)
+        reader = build_store(settings, tmp_path, read_only=True)
+        await reader.open()
+        try:
+            assert [e.id for e in await read_all(reader)] == ["e0", "e1", "e2"]
+            with pytest.raises(StoreUnavailableError, match="only for reading"):
+                await reader.append(stored(1))
+        finally:
+            await reader.close()
+
+
+class TestServerChecks:
+    """Single servers with the shipped configuration, or with a line of it changed."""
+
+    @staticmethod
+    async def open_on(cluster: NatsCluster, tmp_path: Path, **settings: Any) -> EventStore:
+        store = build_store(jetstream_settings(cluster, **settings), tmp_path)
+        await store.open()
+        return store
+
+    async def test_a_single_server_takes_a_stream_of_one_replica(self, tmp_path: Path) -> None:
+        """One server alone (no cluster block): R1, the same behaviour."""
+        cluster = NatsCluster(tmp_path / "nats", 1).start()
+        try:
+            store = await self.open_on(cluster, tmp_path)
+            await store.append(stored(2), record())
+            assert await store.append(stored(2), record()) is not None
+            assert len(await read_all(store)) == 2
+            assert isinstance(store, JetStreamEventStore)
+            assert store._nc is not None
+            info = await api.stream_info(store._nc, store.stream, 2.0)
+            assert info.config.num_replicas == 1
+            await store.close()
+        finally:
+            cluster.stop()
+
+    async def test_servers_that_do_not_fsync_every_write_are_refused(self, tmp_path: Path) -> None:
+        """Without sync_interval: always the store does not start, unless told to."""
+        cluster = NatsCluster(tmp_path / "nats", 1)
+        for config in cluster.configs:
+            config.write_text(config.read_text().replace("sync_interval: always", ""))
+        cluster.start()
+        try:
+            with pytest.raises(SettingsError, match=r"do not fsync every write.*allow-lazy-fsync"):
+                await self.open_on(cluster, tmp_path)
+            store = await self.open_on(cluster, tmp_path, allow_lazy_fsync=True)
+            assert await store.append(stored(1)) is None
+            await store.close()
+        finally:
+            cluster.stop()
+
+    async def test_servers_that_cannot_say_are_refused(self, tmp_path: Path) -> None:
+        """A configuration without the VARZ import: the store cannot check, and says so."""
+        cluster = NatsCluster(tmp_path / "nats", 1)
+        for config in cluster.configs:
+            text = config.read_text()
+            start = text.index("    imports: [")
+            end = text.index("]", text.index("qlevents.sys.varz")) + 1
+            config.write_text(text[:start] + text[end:])
+        cluster.start()
+        try:
+            with pytest.raises(SettingsError, match="cannot tell whether"):
+                await self.open_on(cluster, tmp_path)
+        finally:
+            cluster.stop()

@@ -10,6 +10,11 @@ was processed.
 
     .venv/bin/python bench/server_bench.py            # full run, ~5 minutes
     .venv/bin/python bench/server_bench.py --quick    # smoke run, ~1 minute
+    .venv/bin/python bench/server_bench.py --baseline ../old-checkout   # and an older qlevents
+
+``--baseline DIR`` adds a fourth target, ``baseline``: ``qlevents serve`` from another
+checkout (its own ``.venv``), measured in the same rounds as the others, so that a change is
+compared with the commit before it side by side rather than across runs.
 
 Exit status: 0 when the run was sound (targets missed or not), 1 when it was broken (a
 server failed to start, an answer was not 200, events were lost), 2 when wrk is missing.
@@ -43,6 +48,8 @@ REPO = BENCH_DIR.parent
 LUA = BENCH_DIR / "post_events.lua"
 HOST = "127.0.0.1"
 TARGETS = ("qlevents", "peer", "noop")
+#: The older qlevents of --baseline: measured like qlevents, from another checkout.
+BASELINE = "baseline"
 BODY_SIZES = (1, 100)
 
 # The issue's targets.
@@ -179,6 +186,8 @@ class Server:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     client_key: str = "qlk_" + "peer-accepts-any-key".ljust(32, "0")  # as long as real keys
+    #: The checkout whose qlevents a "baseline" target runs.
+    checkout: Path | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -187,9 +196,9 @@ class Server:
 
     def command(self) -> list[str]:
         port = str(self.port)
-        if self.target == "qlevents":
+        if self.target in ("qlevents", BASELINE):
             # Defaults, as operators run it: sqlite store, synchronous=FULL, access log on.
-            return [sys.executable, "-m", "qlevents", "serve",
+            return [self.python(), "-m", "qlevents", "serve",
                     "--host", HOST, "--port", port, "--data-dir", str(self.data_dir)]  # fmt: skip
         uvicorn = [sys.executable, "-m", "uvicorn", "--host", HOST, "--port", port,
                    "--loop", "uvloop", "--http", "httptools", "--workers", "1",
@@ -198,16 +207,25 @@ class Server:
             return [*uvicorn, "peer_fastapi:app"]  # uvicorn's access log on, as by default
         return [*uvicorn, "--no-access-log", "noop_app:app"]
 
+    def python(self) -> str:
+        """The interpreter of this target's qlevents (the baseline's own venv)."""
+        if self.target == BASELINE:
+            assert self.checkout is not None
+            return str(self.checkout / ".venv" / "bin" / "python")
+        return sys.executable
+
     def start(self, timeout: float = 30.0) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if self.target == "qlevents":
-            from qlevents.accounts import AccountBook
-
-            book = AccountBook(self.data_dir)
-            try:
-                self.client_key = book.add("bench").client_key
-            finally:
-                book.close()
+        if self.target in ("qlevents", BASELINE):
+            # The account through the CLI of the qlevents being measured (each its own book).
+            added = subprocess.run(
+                [self.python(), "-m", "qlevents", "accounts", "add", "bench", "--json",
+                 "--data-dir", str(self.data_dir)],
+                capture_output=True, text=True, timeout=60, check=False, env=env,
+            )  # fmt: skip
+            if added.returncode != 0:
+                raise BrokenRun(f"{self.target}: accounts add failed: {added.stderr}")
+            self.client_key = json.loads(added.stdout)["client_key"]
         elif self.target == "peer":
             env["PEER_DB"] = str(self.data_dir / "peer-events.sqlite3")
         with self.log_path.open("ab") as log:
@@ -255,6 +273,15 @@ class Server:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
+
+
+def git_commit(checkout: Path) -> str:
+    """The short commit of ``checkout``."""
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=checkout, capture_output=True, text=True, timeout=10, check=False,
+    )  # fmt: skip
+    return done.stdout.strip() or "unknown"
 
 
 def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes] | None:
@@ -362,20 +389,22 @@ def measure(
 ) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix=f"{target}-{events}-", dir=work))
     server = Server(target, free_port(), data_dir, data_dir / "server.log")
+    server.checkout = args.baseline
     with running(server, started):
         body = write_body(data_dir, server.client_key, events)
         warm = run_wrk(server.url, body, args.warmup, args.connections)
         result = run_wrk(server.url, body, args.duration, args.connections)
         result["rss"] = server.rss()
         result["body_bytes"] = body.stat().st_size
-        metrics_total = settled_total(server.port) if target == "qlevents" else None
+        ours = target in ("qlevents", BASELINE)
+        metrics_total = settled_total(server.port) if ours else None
         log_path = server.log_path
     answered = (warm["ok"] + result["ok"]) * events
     bad = sum(r["other"] + r["non2xx"] for r in (warm, result))
     if bad:
         raise BrokenRun(f"{target}/{events}: {bad} answers were not 200 (log: {log_path})")
     if target != "noop":
-        db = data_dir / ("events.sqlite3" if target == "qlevents" else "peer-events.sqlite3")
+        db = data_dir / ("events.sqlite3" if ours else "peer-events.sqlite3")
         stored = stored_count(db)
         result["loss_check"] = {
             "answered_200_events": answered,
@@ -386,9 +415,9 @@ def measure(
         }
         if stored < answered:
             raise BrokenRun(f"{target}/{events}: {answered} events acknowledged, {stored} stored")
-        if target == "qlevents" and metrics_total != stored:
+        if ours and metrics_total != stored:
             raise BrokenRun(
-                f"qlevents/{events}: /metrics says {metrics_total} processed, {stored} stored"
+                f"{target}/{events}: /metrics says {metrics_total} processed, {stored} stored"
             )
     if not args.keep:
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -400,7 +429,7 @@ def measure(
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
     summary: dict[str, dict[int, dict[str, Any]]] = {}
-    for target in TARGETS:
+    for target in (*TARGETS, BASELINE):
         for events in BODY_SIZES:
             mine = [r for r in runs if r["target"] == target and r["events"] == events]
             if not mine:
@@ -460,7 +489,7 @@ def report(
         f" {info.get('load_average_at_end', [0.0])[0]:.2f} at the end.",
         f"qlevents at commit {info['commit']}.",
         f"Run: wrk -t1 -c{args.connections} on loopback, {args.rounds} rounds x"
-        f" {len(TARGETS)} targets x {len(BODY_SIZES)} bodies, {args.duration:g} s each after"
+        f" {len(summary)} targets x {len(BODY_SIZES)} bodies, {args.duration:g} s each after"
         f" {args.warmup:g} s of warm-up, fresh server and data dir each; medians"
         " (req/s range over rounds). req/s counts 200 answers.",
         "",
@@ -471,8 +500,9 @@ def report(
         "qlevents": "qlevents (SQLite FULL, group commit)",
         "peer": "peer: FastAPI + pydantic v2, commit/request",
         "noop": "no-op ASGI (ceiling)",
+        BASELINE: f"baseline: qlevents at {info.get('baseline_commit', '?')}",
     }
-    for target in TARGETS:
+    for target in [t for t in (*TARGETS, BASELINE) if t in summary]:
         for events in BODY_SIZES:
             s = summary[target][events]
             size = s["body_bytes"] / 1024
@@ -485,6 +515,16 @@ def report(
     lines += ["", "| target | measured | goal | result |", "|---|---:|---:|---|"]
     for name, measured, goal, ok in checks(summary):
         lines.append(f"| {name} | {measured} | {goal} | {'PASS' if ok else 'FAIL'} |")
+    if BASELINE in summary:
+        lines += ["", "| body | qlevents / baseline, req/s | p99 qlevents vs baseline |",
+                  "|---|---:|---:|"]  # fmt: skip
+        for events in BODY_SIZES:
+            now, before = summary["qlevents"][events], summary[BASELINE][events]
+            lines.append(
+                f"| {events} event{'s' if events > 1 else ''}"
+                f" | {now['req_per_s'] / before['req_per_s']:.2f}"
+                f" | {now['p99_ms']:.2f} ms vs {before['p99_ms']:.2f} ms |"
+            )
     q100 = summary["qlevents"][100]["events_per_s"] / summary["noop"][100]["events_per_s"]
     lines += [
         "",
@@ -496,7 +536,7 @@ def report(
         " reads the body and answers a fixed JSON, no log. All three: uvicorn, uvloop,"
         " httptools, 1 worker. wrk shares the machine's CPUs with the server.",
     ]
-    errors = {t: sum(s["socket_errors"] for s in summary[t].values()) for t in TARGETS}
+    errors = {t: sum(s["socket_errors"] for s in summary[t].values()) for t in summary}
     if any(errors.values()):
         lines.append(f"wrk socket errors (connect/read/write/timeout): {errors}.")
     return "\n".join(lines) + "\n"
@@ -515,6 +555,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--targets", default=",".join(TARGETS), help="comma-separated subset (for profiling)"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (with its .venv) whose qlevents to measure beside this one",
+    )
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
     parser.add_argument("--keep", action="store_true", help="keep data dirs and server logs")
     args = parser.parse_args(argv)
@@ -522,6 +567,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.duration, args.warmup, args.rounds = 2.0, 1.0, 1
     if not (0 < args.duration <= 600 and 0 < args.warmup <= 60 and 1 <= args.rounds <= 20):
         parser.error("need 0 < --duration <= 600, 0 < --warmup <= 60, 1 <= --rounds <= 20")
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        if not (args.baseline / ".venv" / "bin" / "python").exists():
+            parser.error(f"--baseline {args.baseline}: no .venv/bin/python there (make install)")
     return args
 
 
@@ -536,10 +585,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupted)
     ensure_wrk()
     targets = [t for t in args.targets.split(",") if t]
-    if not set(targets) <= set(TARGETS):
+    if args.baseline is not None and BASELINE not in targets:
+        targets.append(BASELINE)
+    if not set(targets) <= {*TARGETS, BASELINE}:
         print(f"Error: --targets must be among {', '.join(TARGETS)}", file=sys.stderr)
         return 2
     info = machine()
+    if args.baseline is not None:
+        info["baseline_commit"] = git_commit(args.baseline)
     started: list[Server] = []
     runs: list[dict[str, Any]] = []
     work = Path(tempfile.mkdtemp(prefix="qlevents-bench-"))
@@ -576,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     info["load_average_at_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     raw = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "runs": runs}
-    if set(targets) == set(TARGETS):
+    if set(TARGETS) <= set(targets):
         summary = summarize(runs)
         table = report(summary, info, args)
         raw["summary"] = summary

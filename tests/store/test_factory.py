@@ -30,7 +30,7 @@ def test_memory_is_a_memory_store(tmp_path: Path) -> None:
 
 def test_an_unknown_store_is_refused_by_name() -> None:
     """A typo in --store is an error that names the setting and the choices."""
-    with pytest.raises(SettingsError, match="unknown store; use sqlite, memory or nats:"):
+    with pytest.raises(SettingsError, match=r"unknown store .sqlit.; use sqlite, memory or nats:"):
         StoreSettings(store="sqlit")
 
 

@@ -33,7 +33,6 @@ from qlevents.cli.common import config_file, config_option, default_endpoint
 from qlevents.cli.errors import CommandError
 from qlevents.server.config import Settings
 from qlevents.settings import SettingsError
-from qlevents.store.factory import STORE_KINDS
 
 
 class ServeSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,10 +60,18 @@ HELP: Final = {
     "max_body_bytes": "largest body after decompression, in bytes; 413 above",
     "max_events": "most events in one request; 413 above",
     "admin_token": "enable the admin API with this bearer token",
-    "store": "where events are kept; memory: nothing survives a restart",
+    "store": "where events are kept: sqlite (in the data directory), memory (nothing survives"
+    " a restart), or a NATS JetStream cluster: nats://HOST:PORT[,nats://HOST:PORT...]",
     "synchronous": "SQLite durability; nothing weaker is offered",
     "max_pending_events": "events waiting for a commit before the API answers 503",
     "retain_days": "prune events older than this many days, every hour; 0: keep them all",
+    "allow_lazy_fsync": "cluster store: start even when the NATS servers do not fsync every"
+    " write (acknowledged events can then be lost in a power failure: docs/cluster.md)",
+    "nats_publish_timeout": "cluster store: seconds one publish waits for the stream's answer",
+    "nats_retry_seconds": "cluster store: seconds an append keeps retrying (a leader election)"
+    " before the API answers 503",
+    "nats_max_bytes": "cluster store: the stream's size limit in bytes; full, it answers 503",
+    "nats_prefix": "cluster store: subjects start with PREFIX.v1, the stream is named PREFIX",
     "access_log": "one log line per request",
     "header_timeout": "seconds to receive a request's headers",
     "body_timeout": "seconds to receive a request's body",
@@ -77,8 +84,6 @@ HELP: Final = {
 }
 #: Defaults that other settings make, as the help shows them.
 DERIVED: Final = {"endpoint_url": "http://HOST:PORT/events"}
-#: Text settings that must be one of a few words.
-CHOICES: Final = {"store": STORE_KINDS}
 #: Settings ``config show`` does not print.
 SECRET: Final = frozenset({"admin_token"})
 
@@ -148,8 +153,6 @@ def add_options(parser: argparse.ArgumentParser) -> None:
             options["action"] = argparse.BooleanOptionalAction
         elif isinstance(kind, msgspec.inspect.LiteralType):
             options["choices"] = kind.values
-        elif setting.name in CHOICES:
-            options["choices"] = CHOICES[setting.name]
         elif isinstance(kind, msgspec.inspect.IntType | msgspec.inspect.FloatType):
             options["type"] = int if isinstance(kind, msgspec.inspect.IntType) else float
             options["metavar"] = "N"
@@ -222,13 +225,9 @@ def read_config(path: Path) -> dict[str, Any]:
         raise SettingsError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"the config file {path} is not valid TOML: {exc}") from None
-    for key, value in table.items():
+    for key in table:
         if key not in BY_NAME:
             raise SettingsError(f"{path}: unknown key {key!r}{_did_you_mean(key)}")
-        if key in CHOICES and value not in CHOICES[key]:
-            raise SettingsError(
-                f"{path}: {key} = {_toml(value)}: use {' or '.join(map(repr, CHOICES[key]))}"
-            )
     try:
         return _convert(table, strict=True)
     except msgspec.ValidationError as exc:

@@ -29,13 +29,15 @@ STORE_KINDS: Final = ("sqlite", "memory")
 #: The cluster store is named by its servers' URLs.
 NATS_SCHEMES: Final = ("nats://", "tls://")
 _STORE_CHOICES: Final = "sqlite, memory or nats://HOST:PORT[,nats://HOST:PORT...]"
+#: What --store takes, checked where settings are read (names the setting in its error).
+STORE_PATTERN: Final = r"^(sqlite|memory|(tls|nats)://\S+)$"
 
 
 class StoreSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Which event store, and the settings only a store reads."""
 
     #: "sqlite" (default), "memory", or the NATS servers' URLs, comma-separated.
-    store: str = "sqlite"
+    store: Annotated[str, msgspec.Meta(pattern=STORE_PATTERN)] = "sqlite"
     #: SQLite's synchronous mode: FULL (every acknowledged write fsync'd) or EXTRA.
     synchronous: Literal["FULL", "EXTRA"] = "FULL"
     #: Events SQLite may hold waiting for a commit before the API answers 503.
@@ -55,9 +57,7 @@ class StoreSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         if self.store not in STORE_KINDS and not self.is_nats:
-            raise SettingsError(
-                f"QLEVENTS_STORE={self.store!r}: unknown store; use {_STORE_CHOICES}"
-            )
+            raise SettingsError(f"unknown store {self.store!r}; use {_STORE_CHOICES}")
         if self.is_nats:
             bad = [url for url in self.nats_servers if not url.startswith(NATS_SCHEMES)]
             if bad or not self.nats_servers:

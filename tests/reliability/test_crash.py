@@ -5,7 +5,6 @@ clients that retried without an Idempotency-Key; and a retry after a lost answer
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -14,22 +13,16 @@ from typing import Any
 import pytest
 from reliability.crash_cycles import Run, run_cycles
 
-from tests.support import RunningServer, free_port, view
+from tests.support import RunningServer, running_server, view
 
 
 @pytest.fixture(scope="module")
 def crashed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     """Three kill -9 / restart cycles under four clients (two with idempotency keys)."""
-    tmp = tmp_path_factory.mktemp("crash")
-    server = RunningServer(tmp / "data", free_port(), [], tmp / "server.log")
-    server.start()
-    try:
+    with running_server(tmp_path_factory.mktemp("crash")) as server:
         yield run_cycles(
             server, cycles=3, clients=4, seed=20261127, min_up=0.3, max_up=1.2, pause=0.02
         )
-    finally:
-        if server.process is not None:
-            server.stop(signal.SIGKILL)
 
 
 class TestKillNineUnderLoad:
@@ -66,41 +59,47 @@ def send_and_hang_up(server: RunningServer, body: bytes, headers: dict[str, str]
         sock.sendall("\r\n".join(lines).encode() + b"\r\n\r\n" + body)
 
 
-def stored_with(server: RunningServer, product_id: str) -> list[dict[str, Any]]:
-    return [e for e in server.stored() if e["product_id"] == product_id]
+def stored_with(server: RunningServer, key: str, product_id: str) -> list[dict[str, Any]]:
+    return [e for e in server.stored(key) if e["product_id"] == product_id]
 
 
-def wait_until_stored(server: RunningServer, product_id: str, count: int) -> list[dict[str, Any]]:
+def wait_until_stored(
+    server: RunningServer, key: str, product_id: str, count: int
+) -> list[dict[str, Any]]:
     """The stored events with ``product_id`` once there are ``count`` of them (at most 10 s)."""
     deadline = time.monotonic() + 10
-    while len(found := stored_with(server, product_id)) < count:
+    while len(found := stored_with(server, key, product_id)) < count:
         if time.monotonic() > deadline:
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     return found
 
 
 class TestRetryAfterALostAnswer:
     def test_retry_with_the_same_key_replays_and_stores_nothing_more(
-        self, server: RunningServer
+        self, shared_server: RunningServer, account: str
     ) -> None:
         """The answer is lost after the server stored the batch; the retry with the same
         Idempotency-Key gets the first answer (the same ids) and stores no duplicate."""
-        body = json.dumps([view(server.client_key, product_id="lost-answer")]).encode()
+        server = shared_server
+        body = json.dumps([view(account, product_id="lost-answer")]).encode()
         headers = {"content-type": "application/json", "idempotency-key": "lost-1"}
         send_and_hang_up(server, body, headers)
-        [first] = wait_until_stored(server, "lost-answer", 1)
+        [first] = wait_until_stored(server, account, "lost-answer", 1)
         retry = server.post(body, headers=headers)
         assert retry.status_code == 200
         assert retry.headers["idempotent-replayed"] == "true"
         assert [e["id"] for e in retry.json()["processed"]] == [first["id"]]
-        assert len(stored_with(server, "lost-answer")) == 1
+        assert len(stored_with(server, account, "lost-answer")) == 1
 
-    def test_retry_without_a_key_stores_the_batch_twice(self, server: RunningServer) -> None:
+    def test_retry_without_a_key_stores_the_batch_twice(
+        self, shared_server: RunningServer, account: str
+    ) -> None:
         """Without a key the server cannot tell a retry from a new batch: a duplicate (why
         clients should send Idempotency-Key)."""
-        body = json.dumps([view(server.client_key, product_id="no-key")]).encode()
+        server = shared_server
+        body = json.dumps([view(account, product_id="no-key")]).encode()
         send_and_hang_up(server, body, {"content-type": "application/json"})
-        wait_until_stored(server, "no-key", 1)
+        wait_until_stored(server, account, "no-key", 1)
         assert server.post(body).status_code == 200
-        assert len(stored_with(server, "no-key")) == 2
+        assert len(stored_with(server, account, "no-key")) == 2

@@ -139,7 +139,7 @@ class TestDiskFull:
         assert answer.status_code == 200
         assert len(answer.json()["processed"]) == BIG_BATCH
         assert {f"after-{i}" for i in range(BIG_BATCH)} <= stored_product_ids(server)
-        assert httpx.get(f"{server.url}/readyz").status_code == 200
+        assert server.get("/readyz").status_code == 200
         assert server.process is not None and server.process.pid == pid
         assert integrity(server) == "ok"
 
@@ -151,11 +151,11 @@ class TestDiskFull:
         filler = fill(small_disk)
         try:
             assert_store_unavailable(disk_server.post(batch(key, "full", BIG_BATCH), timeout=30))
-            assert httpx.get(f"{disk_server.url}/readyz", timeout=30).status_code == 503
+            assert disk_server.get("/readyz", timeout=30).status_code == 503
         finally:
             filler.unlink()
         assert disk_server.post(batch(key, "freed", BIG_BATCH), timeout=30).status_code == 200
-        assert httpx.get(f"{disk_server.url}/readyz", timeout=30).status_code == 200
+        assert disk_server.get("/readyz", timeout=30).status_code == 200
 
 
 # --- a locked database -----------------------------------------------------------------------
@@ -174,7 +174,7 @@ class TestDatabaseLocked:
         try:
             with ThreadPoolExecutor(2) as pool:
                 posted = pool.submit(server.post, batch(key, "locked", 20), timeout=30)
-                ready = pool.submit(httpx.get, f"{server.url}/readyz", timeout=30)
+                ready = pool.submit(server.get, "/readyz", timeout=30)
                 # Both wait on the store's one writer thread: ~5 s each, then give up.
                 done, _ = wait([posted, ready], timeout=25)
                 assert len(done) == 2
@@ -186,7 +186,7 @@ class TestDatabaseLocked:
         assert ready.result().json()["status"] == "unavailable"
         assert not any(p.startswith("locked-") for p in stored_product_ids(server))
 
-        assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready"}
+        assert server.get("/readyz").json() == {"status": "ready"}
         answer = server.post(batch(key, "unlocked", 20))
         assert answer.status_code == 200 and len(answer.json()["processed"]) == 20
         assert {f"unlocked-{i}" for i in range(20)} <= stored_product_ids(server)

@@ -4,12 +4,15 @@ without the server buffering or inflating past its limit.
 Complements tests/server/test_events_api.py (which has the basic 413/400 cases): here the
 exact boundaries, chunked and raw-socket bodies, gzip bombs, deep nesting, huge numbers and
 strings, non-finite literals, invalid UTF-8 and duplicate keys.
+
+What the wire carries (sizes against Content-Length or chunked framing, answers before the
+body ends, memory while inflating, what reaches the SQLite store) is sent to a real server;
+what is about the body's content is sent to the app in this process (``LocalApp``).
 """
 
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import sqlite3
 import zlib
@@ -20,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import RunningServer, conversion, free_port, view
+from tests.support import LocalApp, RunningServer, conversion, post, running_server, view
 
 LIMIT = 5 * 1024 * 1024  # the server's default --max-body-bytes
 HUGE = 512 * 1024  # a "huge" string: far over every field limit, well under the body limit
@@ -29,19 +32,24 @@ HUGE = 512 * 1024  # a "huge" string: far over every field limit, well under the
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """One server with default limits for the whole module."""
-    tmp = tmp_path_factory.mktemp("hostile")
-    running = RunningServer(tmp / "data", free_port(), [], tmp / "server.log")
-    running.start()
-    try:
+    with running_server(tmp_path_factory.mktemp("hostile")) as running:
         yield running
-    finally:
-        if running.process is not None:
-            running.stop(signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
 def key(server: RunningServer) -> str:
     return server.client_key
+
+
+@pytest.fixture(scope="module")
+def app(local_app: LocalApp) -> LocalApp:
+    """The app in this process, for attacks on the body's content."""
+    return local_app
+
+
+@pytest.fixture(scope="module")
+def app_key(app: LocalApp) -> str:
+    return app.create_account("hostile")
 
 
 def parsed(answer: httpx.Response) -> dict[str, Any]:
@@ -131,7 +139,7 @@ class TestBodySizeBoundary:
             for start in range(0, len(body), 256 * 1024):
                 yield body[start : start + 256 * 1024]
 
-        answer = httpx.post(server.events_url, content=chunks())
+        answer = post(server.events_url, content=chunks())
         assert request_error(answer, 413)["code"] == "body_too_large"
         assert len(server.stored()) == before
 
@@ -139,7 +147,7 @@ class TestBodySizeBoundary:
         """A chunked body of exactly the limit is read whole and processed."""
         body = padded(json.dumps([view(key)]).encode(), LIMIT)
         halves = iter([body[: LIMIT // 2], body[LIMIT // 2 :]])
-        answer = httpx.post(server.events_url, content=halves)
+        answer = post(server.events_url, content=halves)
         assert answer.status_code == 200
         assert len(answer.json()["processed"]) == 1
 
@@ -172,7 +180,7 @@ class TestRefusedBeforeTheBodyEnds:
         finally:
             sock.close()
         assert status == 413 and body["errors"][0]["code"] == "body_too_large"
-        assert httpx.get(f"{server.url}/healthz").status_code == 200
+        assert server.get("/healthz").status_code == 200
 
 
 class TestGzipBombs:
@@ -225,11 +233,11 @@ class TestDeepNesting:
             ),
         ],
     )
-    def test_100k_deep_nesting_is_400(self, server: RunningServer, body: str) -> None:
+    def test_100k_deep_nesting_is_400(self, app: LocalApp, body: str) -> None:
         """100,000 levels of nesting anywhere in the body: 400 invalid_json, no crash."""
-        error = request_error(server.post(body), 400)
+        error = request_error(app.post(body), 400)
         assert error["code"] == "invalid_json" and "nested too deeply" in error["message"]
-        assert httpx.get(f"{server.url}/healthz").status_code == 200
+        assert app.get("/healthz").status_code == 200
 
 
 DIGITS = "9" * 5000
@@ -247,51 +255,47 @@ class TestHugeNumbers:
         ],
     )
     def test_oversize_number_fails_its_field_as_out_of_range(
-        self, server: RunningServer, key: str, field: str, literal: str
+        self, app: LocalApp, app_key: str, field: str, literal: str
     ) -> None:
         """A 5000-digit (or overflowing) number fails its own field with out_of_range."""
-        event = json.dumps(conversion(key, **{field: 1}))
+        event = json.dumps(conversion(app_key, **{field: 1}))
         body = "[" + event.replace(f'"{field}": 1', f'"{field}": {literal}') + "]"
-        answer = server.post(body)
+        answer = app.post(body)
         assert event_errors(answer) == [(0, field, "out_of_range")]
         assert len(parsed(answer)["errors"][0]["message"]) < 300
 
-    def test_5000_digit_fraction_is_rounded_to_a_float(
-        self, server: RunningServer, key: str
-    ) -> None:
+    def test_5000_digit_fraction_is_rounded_to_a_float(self, app: LocalApp, app_key: str) -> None:
         """A price with 5000 decimals is a valid float: processed, rounded to double precision."""
-        body = json.dumps([conversion(key, price=0)]).replace('"price": 0', '"price": 0.' + DIGITS)
-        [event] = server.post(body).json()["processed"]
+        body = json.dumps([conversion(app_key, price=0)]).replace(
+            '"price": 0', '"price": 0.' + DIGITS
+        )
+        [event] = app.post(body).json()["processed"]
         assert event["price"] == 1.0
 
-    def test_5000_digit_number_as_an_event_fails_as_not_an_object(
-        self, server: RunningServer
-    ) -> None:
+    def test_5000_digit_number_as_an_event_fails_as_not_an_object(self, app: LocalApp) -> None:
         """A 5000-digit number in the array is an event that is not an object."""
-        assert event_errors(server.post(f"[{DIGITS}]")) == [(0, None, "not_an_object")]
+        assert event_errors(app.post(f"[{DIGITS}]")) == [(0, None, "not_an_object")]
 
-    def test_5000_digit_number_as_the_body_is_400(self, server: RunningServer) -> None:
+    def test_5000_digit_number_as_the_body_is_400(self, app: LocalApp) -> None:
         """A 5000-digit number as the whole body: 400 not_an_array."""
-        assert request_error(server.post(DIGITS), 400)["code"] == "not_an_array"
+        assert request_error(app.post(DIGITS), 400)["code"] == "not_an_array"
 
 
 class TestNonFiniteLiterals:
     @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "nan", "inf"])
     def test_non_json_number_literal_in_an_event_is_400(
-        self, server: RunningServer, key: str, literal: str
+        self, app: LocalApp, app_key: str, literal: str
     ) -> None:
         """NaN / Infinity are not JSON: a price written so makes the body invalid_json."""
-        body = json.dumps([view(key, price=0)]).replace('"price": 0', f'"price": {literal}')
-        before = len(server.stored())
-        assert request_error(server.post(body), 400)["code"] == "invalid_json"
-        assert len(server.stored()) == before
+        body = json.dumps([view(app_key, price=0)]).replace('"price": 0', f'"price": {literal}')
+        before = len(app.stored(app_key))
+        assert request_error(app.post(body), 400)["code"] == "invalid_json"
+        assert len(app.stored(app_key)) == before
 
     @pytest.mark.parametrize("body", ["[NaN]", "[Infinity]", "[-Infinity]", "Infinity"])
-    def test_non_json_number_literal_as_an_element_is_400(
-        self, server: RunningServer, body: str
-    ) -> None:
+    def test_non_json_number_literal_as_an_element_is_400(self, app: LocalApp, body: str) -> None:
         """NaN / Infinity as an array element or the whole body: 400 invalid_json."""
-        assert request_error(server.post(body), 400)["code"] == "invalid_json"
+        assert request_error(app.post(body), 400)["code"] == "invalid_json"
 
 
 HUGE_FIELDS = [
@@ -311,31 +315,31 @@ class TestHugeStrings:
         ("name", "value", "field", "code"), HUGE_FIELDS, ids=[f[0] for f in HUGE_FIELDS]
     )
     def test_huge_string_fails_on_its_field_alone(
-        self, server: RunningServer, key: str, name: str, value: Any, field: str, code: str
+        self, app: LocalApp, app_key: str, name: str, value: Any, field: str, code: str
     ) -> None:
         """A 512 KiB string in a field fails that field only, with a short message."""
-        answer = server.post([{**view(key), name: value}, view(key)])
+        answer = app.post([{**view(app_key), name: value}, view(app_key)])
         assert event_errors(answer) == [(0, field, code)]
         assert len(answer.json()["processed"]) == 1
         assert len(answer.json()["errors"][0]["message"]) < 300
 
-    def test_huge_units_string_is_invalid_type(self, server: RunningServer, key: str) -> None:
+    def test_huge_units_string_is_invalid_type(self, app: LocalApp, app_key: str) -> None:
         """A 512 KiB string as a conversion's units is invalid_type on units."""
-        assert event_errors(server.post([conversion(key, units="9" * HUGE)])) == [
+        assert event_errors(app.post([conversion(app_key, units="9" * HUGE)])) == [
             (0, "units", "invalid_type")
         ]
 
-    def test_huge_unknown_field_is_ignored(self, server: RunningServer, key: str) -> None:
+    def test_huge_unknown_field_is_ignored(self, app: LocalApp, app_key: str) -> None:
         """A 512 KiB value in a field the contract does not define is ignored, not stored."""
-        [event] = server.post([view(key, comment="x" * HUGE)]).json()["processed"]
+        [event] = app.post([view(app_key, comment="x" * HUGE)]).json()["processed"]
         assert "comment" not in event
-        assert "comment" not in server.stored()[-1]
+        assert "comment" not in app.stored(app_key)[-1]
 
-    def test_huge_string_in_every_field_reports_each(self, server: RunningServer) -> None:
+    def test_huge_string_in_every_field_reports_each(self, app: LocalApp) -> None:
         """All fields huge at once: one error per field, all on that one event."""
         event = {name: value for name, value, _, _ in HUGE_FIELDS if name != "event"}
         event["event"] = "view"
-        answer = server.post([event])
+        answer = app.post([event])
         assert sorted(event_errors(answer)) == sorted(
             (0, field, code) for name, _, field, code in HUGE_FIELDS if name != "event"
         )
@@ -353,31 +357,29 @@ class TestInvalidText:
             pytest.param(b'[{"product_id": "caf\xe9"}]', id="latin-1"),
         ],
     )
-    def test_invalid_utf8_is_400_invalid_json(self, server: RunningServer, raw: bytes) -> None:
+    def test_invalid_utf8_is_400_invalid_json(self, app: LocalApp, raw: bytes) -> None:
         """Bytes that are not UTF-8 anywhere in the body: 400 invalid_json naming the byte."""
-        error = request_error(server.post(raw), 400)
+        error = request_error(app.post(raw), 400)
         assert error["code"] == "invalid_json" and "UTF-8" in error["message"]
 
-    def test_invalid_utf8_inside_gzip_is_400(self, server: RunningServer) -> None:
+    def test_invalid_utf8_inside_gzip_is_400(self, app: LocalApp) -> None:
         """The UTF-8 check applies to the inflated body as well."""
         body = zlib.compress(b'[{"product_id": "\xc0\xaf"}]', wbits=16 + zlib.MAX_WBITS)
-        answer = server.post(body, headers={"content-encoding": "gzip"})
+        answer = app.post(body, headers={"content-encoding": "gzip"})
         assert request_error(answer, 400)["code"] == "invalid_json"
 
-    def test_non_ascii_text_round_trips(self, server: RunningServer, key: str) -> None:
+    def test_non_ascii_text_round_trips(self, app: LocalApp, app_key: str) -> None:
         """Valid multi-byte UTF-8 (Hebrew, emoji, NUL escape) is stored exactly as sent."""
         product = "עגלה 🛒 a\u0000b"
-        [event] = server.post([view(key, product_id=product)]).json()["processed"]
+        [event] = app.post([view(app_key, product_id=product)]).json()["processed"]
         assert event["product_id"] == product
-        assert server.stored()[-1]["product_id"] == product
+        assert app.stored(app_key)[-1]["product_id"] == product
 
-    def test_lone_surrogate_escape_fails_only_its_event(
-        self, server: RunningServer, key: str
-    ) -> None:
+    def test_lone_surrogate_escape_fails_only_its_event(self, app: LocalApp, app_key: str) -> None:
         """A \\ud800 escape is valid JSON syntax but not text: that event fails invalid_text."""
-        good = json.dumps(view(key))
-        bad = json.dumps(view(key, product_id="X")).replace('"X"', '"\\ud800"')
-        answer = server.post(f"[{bad}, {good}]")
+        good = json.dumps(view(app_key))
+        bad = json.dumps(view(app_key, product_id="X")).replace('"X"', '"\\ud800"')
+        answer = app.post(f"[{bad}, {good}]")
         assert event_errors(answer) == [(0, None, "invalid_text")]
         assert parsed(answer)["failed"] == [json.loads(bad)]
         assert len(answer.json()["processed"]) == 1
@@ -387,31 +389,29 @@ class TestDuplicateKeys:
     """JSON leaves repeated keys undefined; here the last value is kept and every occurrence
     must be valid (docs/api.md)."""
 
-    def test_last_occurrence_of_a_valid_duplicate_wins(
-        self, server: RunningServer, key: str
-    ) -> None:
+    def test_last_occurrence_of_a_valid_duplicate_wins(self, app: LocalApp, app_key: str) -> None:
         """Two valid values for one key: the event is processed with the last one."""
-        body = f'[{{"event":"conversion","client_key":"{key}","product_id":"first",'
+        body = f'[{{"event":"conversion","client_key":"{app_key}","product_id":"first",'
         body += '"price":1,"product_id":"last"}]'
-        [event] = server.post(body).json()["processed"]
+        [event] = app.post(body).json()["processed"]
         assert event["product_id"] == "last"
 
-    def test_last_client_key_decides_the_account(self, server: RunningServer, key: str) -> None:
+    def test_last_client_key_decides_the_account(self, app: LocalApp, app_key: str) -> None:
         """An unknown key followed by a real one is stored under the real one, and the
         reverse fails as unknown_client_key: the account checked is the one stored."""
         good = '[{"event":"conversion","price":1,"product_id":"p","client_key":"qlk_nobody",'
-        good += f'"client_key":"{key}"}}]'
-        [event] = server.post(good).json()["processed"]
-        assert event["client_key"] == key
-        bad = f'[{{"event":"conversion","price":1,"product_id":"p","client_key":"{key}",'
+        good += f'"client_key":"{app_key}"}}]'
+        [event] = app.post(good).json()["processed"]
+        assert event["client_key"] == app_key
+        bad = f'[{{"event":"conversion","price":1,"product_id":"p","client_key":"{app_key}",'
         bad += '"client_key":"qlk_nobody"}]'
-        assert event_errors(server.post(bad)) == [(0, "client_key", "unknown_client_key")]
+        assert event_errors(app.post(bad)) == [(0, "client_key", "unknown_client_key")]
 
-    def test_invalid_last_occurrence_fails_its_field(self, server: RunningServer, key: str) -> None:
+    def test_invalid_last_occurrence_fails_its_field(self, app: LocalApp, app_key: str) -> None:
         """A valid price followed by a negative one fails as out_of_range on price."""
-        body = f'[{{"event":"conversion","client_key":"{key}","product_id":"p",'
+        body = f'[{{"event":"conversion","client_key":"{app_key}","product_id":"p",'
         body += '"price":5,"price":-1}]'
-        assert event_errors(server.post(body)) == [(0, "price", "out_of_range")]
+        assert event_errors(app.post(body)) == [(0, "price", "out_of_range")]
 
     @pytest.mark.parametrize(
         ("fields", "error"),
@@ -424,14 +424,14 @@ class TestDuplicateKeys:
         ],
     )
     def test_invalid_earlier_occurrence_fails_its_field(
-        self, server: RunningServer, key: str, fields: str, error: tuple[str, str]
+        self, app: LocalApp, app_key: str, fields: str, error: tuple[str, str]
     ) -> None:
         """Every occurrence must be valid: an invalid earlier one fails its field with its
         code (never the catch-all invalid_value); event repeated differently is
         duplicate_field."""
-        body = f'[{{"client_key":"{key}","product_id":"p","event":"conversion","price":1,'
+        body = f'[{{"client_key":"{app_key}","product_id":"p","event":"conversion","price":1,'
         body += fields + "}]"
-        assert event_errors(server.post(body)) == [(0, *error)]
+        assert event_errors(app.post(body)) == [(0, *error)]
 
 
 def idempotency_rows(server: RunningServer) -> int:

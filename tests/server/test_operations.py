@@ -1,5 +1,9 @@
 """Operating the service: health, readiness, metrics, the access log, shutdown, workers,
-and the OpenAPI document checked against what the server does."""
+and the OpenAPI document checked against what the server does.
+
+Tests that only send requests and read answers (or the log lines of their own requests)
+use the session's shared server; those that stop, restart or configure one start their own.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import json
 import re
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,29 +21,44 @@ import jsonschema
 import pytest
 
 from qlevents.server import openapi
-from tests.support import RunningServer, child_pids, conversion, metric, view
+from tests.support import (
+    ADMIN_TOKEN,
+    RunningServer,
+    child_pids,
+    conversion,
+    metric,
+    running_server,
+    view,
+)
 
 
 class TestProbes:
-    def test_healthz_and_readyz(self, server: RunningServer) -> None:
+    def test_healthz_and_readyz(self, shared_server: RunningServer) -> None:
         """/healthz says alive; /readyz says the store takes writes."""
-        assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
-        assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready"}
+        assert shared_server.get("/healthz").json() == {"status": "ok"}
+        assert shared_server.get("/readyz").json() == {"status": "ready"}
 
 
 class TestMetrics:
-    def test_counts_processed_failed_and_commits(self, server: RunningServer) -> None:
+    def test_counts_processed_failed_and_commits(
+        self, shared_server: RunningServer, account: str
+    ) -> None:
         """/metrics counts events by outcome and code, requests, and commit group sizes."""
-        key = server.client_key
-        server.post([view(key), view(key), {"event": "view"}, view("qlk_x")])
-        text = httpx.get(f"{server.url}/metrics").text
-        assert metric(text, "qlevents_events_processed_total") == 2
-        assert metric(text, "qlevents_events_failed_total", 'code="missing_field"') == 1
-        assert metric(text, "qlevents_events_failed_total", 'code="unknown_client_key"') == 1
-        assert metric(text, "qlevents_requests_total", 'route="/events",status="200"') == 1
-        assert metric(text, "qlevents_commit_group_requests_count") >= 1
-        assert metric(text, "qlevents_commit_duration_seconds_count") >= 1
-        assert metric(text, "qlevents_request_duration_seconds_count") == 1
+        before = shared_server.get("/metrics").text
+        shared_server.post([view(account), view(account), {"event": "view"}, view("qlk_x")])
+        after = shared_server.get("/metrics").text
+
+        def counted(name: str, labels: str = "") -> float:
+            """What ``name`` counted for this test's request."""
+            return metric(after, name, labels) - metric(before, name, labels, default=0)
+
+        assert counted("qlevents_events_processed_total") == 2
+        assert counted("qlevents_events_failed_total", 'code="missing_field"') == 1
+        assert counted("qlevents_events_failed_total", 'code="unknown_client_key"') == 1
+        assert counted("qlevents_requests_total", 'route="/events",status="200"') == 1
+        assert counted("qlevents_commit_group_requests_count") >= 1
+        assert counted("qlevents_commit_duration_seconds_count") >= 1
+        assert counted("qlevents_request_duration_seconds_count") == 1
 
     def test_workers_share_one_store_and_one_metrics_page(
         self, serve: Callable[..., RunningServer]
@@ -51,34 +70,39 @@ class TestMetrics:
             for i in range(40):
                 client.post(server.events_url, json=[view(key, product_id=f"p{i}")])
         assert len(server.stored()) == 40
-        text = httpx.get(f"{server.url}/metrics").text
+        text = server.get("/metrics").text
         assert metric(text, "qlevents_events_processed_total") == 40
         assert server.stop(signal.SIGTERM) == 0
 
 
 class TestAccessLog:
     def test_one_line_per_request_with_status_counts_and_duration(
-        self, server: RunningServer
+        self, shared_server: RunningServer, account: str
     ) -> None:
         """Each request logs one line: status, processed and failed counts, duration."""
-        server.post([view(server.client_key), {"event": "x"}])
-        server.post(b"nope")
-        lines = server.wait_for_log('"POST /events"', count=2)
-        assert re.search(r'"POST /events" 200 processed=1 failed=1 [0-9.]+ms$', lines[-2])
-        assert re.search(r'"POST /events" 400 processed=0 failed=0 [0-9.]+ms$', lines[-1])
+        mark = shared_server.log_mark()
+        shared_server.post([view(account), {"event": "x"}])
+        shared_server.post(b"nope")
+        first, second = shared_server.wait_for_log('"POST /events"', count=2, since=mark)
+        assert re.search(r'"POST /events" 200 processed=1 failed=1 [0-9.]+ms$', first)
+        assert re.search(r'"POST /events" 400 processed=0 failed=0 [0-9.]+ms$', second)
 
-    def test_control_characters_in_the_path_stay_on_one_line(self, server: RunningServer) -> None:
+    def test_control_characters_in_the_path_stay_on_one_line(
+        self, shared_server: RunningServer
+    ) -> None:
         """A path with a newline is escaped: one request, one log line."""
-        httpx.get(f"{server.url}/a%0Ab")
-        [line] = server.wait_for_log('"GET /a')
+        mark = shared_server.log_mark()
+        shared_server.get("/a%0Ab")
+        [line] = shared_server.wait_for_log('"GET /a', since=mark)
         assert "\\n" in line
 
 
 class TestForwardedFor:
-    def test_x_forwarded_for_is_ignored_by_default(self, server: RunningServer) -> None:
+    def test_x_forwarded_for_is_ignored_by_default(self, shared_server: RunningServer) -> None:
         """Without --forwarded-allow-ips the log shows the real peer, not what a client claims."""
-        server.post(b"[]", headers={"x-forwarded-for": "203.0.113.9"})
-        [line] = server.wait_for_log('"POST /events"')
+        mark = shared_server.log_mark()
+        shared_server.post(b"[]", headers={"x-forwarded-for": "203.0.113.9"})
+        [line] = shared_server.wait_for_log('"POST /events"', since=mark)
         assert "203.0.113.9" not in line and "127.0.0.1:" in line
 
     def test_x_forwarded_for_from_a_trusted_proxy(
@@ -146,12 +170,14 @@ def running(pid: int) -> bool:
 
 
 class TestFirstRun:
-    def test_serve_creates_a_demo_account_and_prints_its_key(self, server: RunningServer) -> None:
+    def test_serve_creates_a_demo_account_and_prints_its_key(
+        self, shared_server: RunningServer
+    ) -> None:
         """The first `serve` prints a client key and endpoint that work with the spec's curl."""
-        log = server.log()
-        assert "client key: qlk_" in log and server.events_url in log
-        assert server.client_key in log
-        assert server.post([view(server.client_key)]).json()["processed"]
+        log = shared_server.log()
+        assert "client key: qlk_" in log and shared_server.events_url in log
+        assert shared_server.client_key in log
+        assert shared_server.post([view(shared_server.client_key)]).json()["processed"]
 
     def test_second_run_creates_nothing(self, server: RunningServer) -> None:
         """Restarting with accounts present creates no second demo account."""
@@ -170,14 +196,24 @@ def schema_for(path: str, method: str, status: int) -> dict[str, Any]:
     return {**ref, "components": DOC["components"]}
 
 
+@pytest.fixture(scope="module")
+def small_body_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server with a 1 MB body limit (a 413 costs a 1 MB body, not 5 MiB)."""
+    with running_server(
+        tmp_path_factory.mktemp("small-body"),
+        "--max-body-bytes", "1000000", "--admin-token", ADMIN_TOKEN,
+    ) as server:  # fmt: skip
+        yield server
+
+
 class TestOpenAPI:
     def test_committed_document_is_current(self) -> None:
         """openapi.json equals what the generator makes from the wire types (make openapi)."""
         assert json.loads(openapi.render()) == DOC
 
-    def test_served_document_is_the_committed_one(self, server: RunningServer) -> None:
+    def test_served_document_is_the_committed_one(self, shared_server: RunningServer) -> None:
         """GET /openapi.json serves the document kept in the repository."""
-        assert httpx.get(f"{server.url}/openapi.json").json() == DOC
+        assert shared_server.get("/openapi.json").json() == DOC
 
     def test_document_is_valid_openapi_31_json_schema(self) -> None:
         """Every schema in the document is a valid JSON Schema (2020-12, OpenAPI 3.1)."""
@@ -196,11 +232,11 @@ class TestOpenAPI:
         ],
     )
     def test_answers_match_the_document(
-        self, serve: Callable[..., RunningServer], body: Any, headers: dict[str, str], status: int
+        self, small_body_server: RunningServer, body: Any, headers: dict[str, str], status: int
     ) -> None:
         """Answers of every documented status validate against the document's schema."""
-        server = serve("--max-body-bytes", "1000000")
-        key = server.client_key
+        server = small_body_server
+        key = server.create_account("openapi")
         if body == "valid":
             body = [view(key), conversion(key)]
         elif body == "mixed":
@@ -210,9 +246,12 @@ class TestOpenAPI:
         assert answer.headers["content-type"] == "application/json"
         jsonschema.validate(answer.json(), schema_for("/events", "post", status))
 
-    def test_requests_valid_by_the_document_are_processed(self, server: RunningServer) -> None:
+    def test_requests_valid_by_the_document_are_processed(
+        self, shared_server: RunningServer, account: str
+    ) -> None:
         """The spec's examples validate against the request schema and are processed."""
-        sent = [view(server.client_key), conversion(server.client_key)]
+        server = shared_server
+        sent = [view(account), conversion(account)]
         request_schema = {
             "$ref": "#/components/schemas/EventBatch",
             "components": DOC["components"],

@@ -1,17 +1,21 @@
-"""Property tests over HTTP against one real server: any JSON body gets the contract's shape
-and never a 5xx, valid events are always processed and stored as sent, and each rule
-broken alone fails with its own code.
+"""Property tests through the whole app: any JSON body gets the contract's shape and never
+a 5xx, valid events are always processed and stored as sent, and each rule broken alone
+fails with its own code.
 
 tests/test_validation.py proves the rules at the function level; these go through the
-whole server (body splitting, account checks, the store, the answer) with generated input.
-The server is started once for the module so that examples are cheap.
+whole request path (body splitting, account checks, the store, the answer) with generated
+input, sent with a Content-Length, chunked, or gzipped. Most examples run in this process
+(``LocalApp``: the app through ASGI, the memory store), where the app's part costs about a
+millisecond beside hypothesis' own work; a few dozen in all go over HTTP to a real server
+and its SQLite store, so that the path through the wire and the disk is proven with the
+same properties.
 """
 
 from __future__ import annotations
 
+import functools
+import gzip
 import json
-import signal
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -21,8 +25,7 @@ from hypothesis import strategies as st
 
 from qlevents import events as ev
 from qlevents import validation
-from qlevents.store.sqlite import SQLiteEventStore
-from tests.support import RunningServer, free_port
+from tests.support import LocalApp, RunningServer
 
 # Every per-event error code of the contract: the rules', then the account checks'.
 EVENT_CODES = {
@@ -47,54 +50,57 @@ PROPERTY_SETTINGS = settings(
 )
 
 
+#: How a body is sent: each property holds for each.
+framings = st.sampled_from(["content-length", "chunked", "gzip"])
+#: Examples of each property in this process, and over HTTP to a real server.
+IN_PROCESS = {"any_json": 600, "valid": 300, "broken": 500}
+OVER_HTTP = 15
+
+
 def examples(count: int) -> settings:
     """The module's settings with ``count`` examples."""
     return settings(PROPERTY_SETTINGS, max_examples=count)
 
 
 class Site:
-    """The module's server, its demo account, and a cursor over what its store holds."""
+    """Where a property sends its bodies: the app in this process or a real server, an
+    account of the property's own there, and a cursor over what the store holds for it."""
 
-    def __init__(self, server: RunningServer) -> None:
-        self.server = server
-        self.key = server.client_key
-        self.client = httpx.Client(timeout=30)
-        self._store = SQLiteEventStore(server.data_dir / "events.sqlite3")
+    def __init__(self, target: LocalApp | RunningServer) -> None:
+        self.target = target
+        self.key = target.create_account("properties")
         self._position = 0
 
-    def post(self, body: bytes) -> httpx.Response:
-        return self.client.post(
-            self.server.events_url, content=body, headers={"content-type": "application/json"}
-        )
+    def post(self, body: bytes, framing: str) -> httpx.Response:
+        """POST ``body`` with a Content-Length, in chunks without one, or gzipped."""
+        headers = {"content-type": "application/json"}
+        if framing == "chunked":
+            third = len(body) // 3 + 1
+            chunks = [body[i : i + third] for i in range(0, len(body), third)]
+            return self.target.post_chunks(chunks, headers=headers)
+        if framing == "gzip":
+            headers["content-encoding"] = "gzip"
+            return self.target.post(gzip.compress(body), headers=headers)
+        return self.target.post(body, headers=headers)
 
     def new_events(self) -> list[dict[str, Any]]:
-        """The events stored since the last call, oldest first."""
-        rows = self._store.read_sync(self._position, 100_000)
+        """The account's events stored since the last call, oldest first."""
+        rows = self.target.read(self._position, self.key, limit=100_000)
         if rows:
             self._position = rows[-1][0]
-        return [json.loads(json.dumps(_as_dict(event))) for _, event in rows]
-
-
-def _as_dict(event: Any) -> dict[str, Any]:
-    import msgspec
-
-    result: dict[str, Any] = msgspec.to_builtins(event)
-    return result
+        return [event for _, event in rows]
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    """One server for every example of the module."""
-    tmp = tmp_path_factory.mktemp("properties")
-    server = RunningServer(tmp / "data", free_port(), [], tmp / "server.log")
-    server.start()
-    site = Site(server)
-    try:
-        yield site
-    finally:
-        site.client.close()
-        if server.process is not None:
-            server.stop(signal.SIGKILL)
+def in_process(local_app: LocalApp) -> Site:
+    """The app in this process, with the memory store."""
+    return Site(local_app)
+
+
+@pytest.fixture(scope="module")
+def over_http(shared_server: RunningServer) -> Site:
+    """A real server (uvicorn, the SQLite store), over loopback HTTP."""
+    return Site(shared_server)
 
 
 def encode(value: Any) -> bytes:
@@ -133,6 +139,9 @@ json_values = st.recursive(
 )
 
 # --- strategies: valid events, from the limits in qlevents.events ----------------------------
+#
+# Built once at import, not inside the composites: hypothesis validates every strategy it
+# is handed, and doing that per example cost more than the example itself.
 
 TEXT = st.characters(exclude_categories=("Cs",))
 NO_SPACE = st.characters(exclude_categories=("Cs", "Cc", "Zs", "Zl", "Zp"))
@@ -147,7 +156,10 @@ def bounded_text(min_size: int, max_size: int) -> st.SearchStrategy[str]:
 
 def urls() -> st.SearchStrategy[str]:
     scheme = st.sampled_from(["http", "https", "HTTP", "Https", "hTtPs"])
-    host = st.text(NO_SPACE.filter(lambda c: c not in "/?#@"), min_size=1, max_size=30)
+    host_characters = st.characters(
+        exclude_categories=("Cs", "Cc", "Zs", "Zl", "Zp"), exclude_characters="/?#@"
+    )
+    host = st.text(host_characters, min_size=1, max_size=30)
     rest = st.just("") | st.tuples(st.sampled_from("/?#"), st.text(NO_SPACE, max_size=40)).map(
         "".join
     )
@@ -171,28 +183,31 @@ extra_fields = st.dictionaries(
 )
 
 
+product_ids = bounded_text(1, ev.MAX_PRODUCT_ID_LENGTH)
+permalinks = urls()
+vids = st.none() | bounded_text(0, ev.MAX_VID_LENGTH)
+tags = labels(ev.MAX_TAGS)
+#: The optional fields of each kind of event, and their valid values.
+OPTIONAL: dict[str, dict[str, st.SearchStrategy[Any]]] = {
+    "view": {"vid": vids, "tags": tags, "channels": labels(ev.MAX_CHANNELS)},
+    "conversion": {
+        "vid": vids,
+        "tags": tags,
+        "channels": labels(ev.MAX_CONVERSION_CHANNELS),
+        "units": st.none() | st.integers(1, ev.MAX_UNITS),
+    },
+}
+
+
 @st.composite
 def valid_events(draw: st.DrawFn, key: str) -> dict[str, Any]:
     """A valid view or conversion: required fields, some optional ones, unknown extras."""
     kind = draw(st.sampled_from(["view", "conversion"]))
     event: dict[str, Any] = draw(extra_fields)
-    event.update(
-        client_key=key,
-        event=kind,
-        price=draw(prices),
-        product_id=draw(bounded_text(1, ev.MAX_PRODUCT_ID_LENGTH)),
-    )
-    optional: dict[str, st.SearchStrategy[Any]] = {
-        "vid": st.none() | bounded_text(0, ev.MAX_VID_LENGTH),
-        "tags": labels(ev.MAX_TAGS),
-    }
+    event.update(client_key=key, event=kind, price=draw(prices), product_id=draw(product_ids))
     if kind == "view":
-        event["permalink"] = draw(urls())
-        optional["channels"] = labels(ev.MAX_CHANNELS)
-    else:
-        optional["channels"] = labels(ev.MAX_CONVERSION_CHANNELS)
-        optional["units"] = st.none() | st.integers(1, ev.MAX_UNITS)
-    for name, values in optional.items():
+        event["permalink"] = draw(permalinks)
+    for name, values in OPTIONAL[kind].items():
         if draw(st.booleans()):
             event[name] = draw(values)
     items = list(event.items())
@@ -246,46 +261,12 @@ def broken_labels(max_items: int) -> st.SearchStrategy[tuple[Any, str]]:
     )
 
 
-def common_breaks(field: str) -> st.SearchStrategy[tuple[Any, str]]:
-    out_of_range = st.one_of(
-        st.floats(max_value=-5e-324, allow_infinity=False),
-        st.floats(min_value=ev.MAX_PRICE, exclude_min=True, allow_infinity=False),
-        st.integers(max_value=-1),
-        st.integers(min_value=int(ev.MAX_PRICE) + 1),
-    )
-    by_field: dict[str, st.SearchStrategy[tuple[Any, str]]] = {
-        "client_key": st.one_of(
-            st.just((MISSING, validation.MISSING_FIELD)),
-            st.just(("", validation.EMPTY_VALUE)),
-            not_strings.map(lambda v: (v, validation.INVALID_TYPE)),
-            too_long(ev.MAX_KEY_LENGTH).map(lambda v: (v, validation.TOO_LONG)),
-        ),
-        "price": st.one_of(
-            st.just((MISSING, validation.MISSING_FIELD)),
-            not_numbers.map(lambda v: (v, validation.INVALID_TYPE)),
-            out_of_range.map(lambda v: (v, validation.OUT_OF_RANGE)),
-        ),
-        "product_id": st.one_of(
-            st.just((MISSING, validation.MISSING_FIELD)),
-            st.just(("", validation.EMPTY_VALUE)),
-            not_strings.map(lambda v: (v, validation.INVALID_TYPE)),
-            too_long(ev.MAX_PRODUCT_ID_LENGTH).map(lambda v: (v, validation.TOO_LONG)),
-        ),
-        "vid": st.one_of(
-            not_text_nor_null.map(lambda v: (v, validation.INVALID_TYPE)),
-            too_long(ev.MAX_VID_LENGTH).map(lambda v: (v, validation.TOO_LONG)),
-        ),
-        "tags": broken_labels(ev.MAX_TAGS),
-        "event": st.one_of(
-            st.just((MISSING, validation.MISSING_FIELD)),
-            (st.text() | not_strings)
-            .filter(lambda v: v not in ("view", "conversion"))
-            .map(lambda v: (v, validation.UNKNOWN_EVENT)),
-        ),
-    }
-    return by_field[field]
-
-
+out_of_range_prices = st.one_of(
+    st.floats(max_value=-5e-324, allow_infinity=False),
+    st.floats(min_value=ev.MAX_PRICE, exclude_min=True, allow_infinity=False),
+    st.integers(max_value=-1),
+    st.integers(min_value=int(ev.MAX_PRICE) + 1),
+)
 invalid_urls = (
     st.sampled_from(
         [
@@ -301,6 +282,52 @@ invalid_urls = (
     )
     | st.text(max_size=30)
 ).filter(lambda u: not ev.is_permalink(u))
+#: For each field, the values that break one of its rules, each with that rule's code
+#: (``channels`` by kind of event: a conversion has at most one).
+BREAKS: dict[str, st.SearchStrategy[tuple[Any, str]]] = {
+    "client_key": st.one_of(
+        st.just((MISSING, validation.MISSING_FIELD)),
+        st.just(("", validation.EMPTY_VALUE)),
+        not_strings.map(lambda v: (v, validation.INVALID_TYPE)),
+        too_long(ev.MAX_KEY_LENGTH).map(lambda v: (v, validation.TOO_LONG)),
+    ),
+    "price": st.one_of(
+        st.just((MISSING, validation.MISSING_FIELD)),
+        not_numbers.map(lambda v: (v, validation.INVALID_TYPE)),
+        out_of_range_prices.map(lambda v: (v, validation.OUT_OF_RANGE)),
+    ),
+    "product_id": st.one_of(
+        st.just((MISSING, validation.MISSING_FIELD)),
+        st.just(("", validation.EMPTY_VALUE)),
+        not_strings.map(lambda v: (v, validation.INVALID_TYPE)),
+        too_long(ev.MAX_PRODUCT_ID_LENGTH).map(lambda v: (v, validation.TOO_LONG)),
+    ),
+    "vid": st.one_of(
+        not_text_nor_null.map(lambda v: (v, validation.INVALID_TYPE)),
+        too_long(ev.MAX_VID_LENGTH).map(lambda v: (v, validation.TOO_LONG)),
+    ),
+    "tags": broken_labels(ev.MAX_TAGS),
+    "event": st.one_of(
+        st.just((MISSING, validation.MISSING_FIELD)),
+        (st.text() | not_strings)
+        .filter(lambda v: v not in ("view", "conversion"))
+        .map(lambda v: (v, validation.UNKNOWN_EVENT)),
+    ),
+    "view channels": broken_labels(ev.MAX_CHANNELS),
+    "conversion channels": broken_labels(ev.MAX_CONVERSION_CHANNELS),
+    "permalink": st.one_of(
+        st.just((MISSING, validation.MISSING_FIELD)),
+        not_strings.map(lambda v: (v, validation.INVALID_TYPE)),
+        invalid_urls.map(lambda v: (v, validation.INVALID_URL)),
+        st.just(("https://shop.example/" + "p" * ev.MAX_URL_LENGTH, validation.TOO_LONG)),
+    ),
+    "units": st.one_of(
+        (st.integers(max_value=0) | st.integers(min_value=ev.MAX_UNITS + 1)).map(
+            lambda v: (v, validation.OUT_OF_RANGE)
+        ),
+        not_ints.map(lambda v: (v, validation.INVALID_TYPE)),
+    ),
+}
 
 
 @st.composite
@@ -310,29 +337,8 @@ def broken_events(draw: st.DrawFn, key: str) -> tuple[dict[str, Any], tuple[str,
     fields = ["client_key", "price", "product_id", "vid", "tags", "event", "channels"]
     fields += ["permalink"] if event["event"] == "view" else ["units"]
     field = draw(st.sampled_from(fields))
-    if field in ("client_key", "price", "product_id", "vid", "tags", "event"):
-        value, code = draw(common_breaks(field))
-    elif field == "channels":
-        most = ev.MAX_CHANNELS if event["event"] == "view" else ev.MAX_CONVERSION_CHANNELS
-        value, code = draw(broken_labels(most))
-    elif field == "permalink":
-        value, code = draw(
-            st.one_of(
-                st.just((MISSING, validation.MISSING_FIELD)),
-                not_strings.map(lambda v: (v, validation.INVALID_TYPE)),
-                invalid_urls.map(lambda v: (v, validation.INVALID_URL)),
-                st.just(("https://shop.example/" + "p" * ev.MAX_URL_LENGTH, validation.TOO_LONG)),
-            )
-        )
-    else:  # units
-        value, code = draw(
-            st.one_of(
-                (st.integers(max_value=0) | st.integers(min_value=ev.MAX_UNITS + 1)).map(
-                    lambda v: (v, validation.OUT_OF_RANGE)
-                ),
-                not_ints.map(lambda v: (v, validation.INVALID_TYPE)),
-            )
-        )
+    breaks = f"{event['event']} channels" if field == "channels" else field
+    value, code = draw(BREAKS[breaks])
     if value is MISSING:
         event.pop(field, None)
     else:
@@ -341,94 +347,145 @@ def broken_events(draw: st.DrawFn, key: str) -> tuple[dict[str, Any], tuple[str,
 
 
 # --- the properties ----------------------------------------------------------------------------
+#
+# Strategies are built once per client key: hypothesis validates a strategy on its first
+# draw, which for these costs more than running an example in process.
+
+
+@functools.cache
+def any_json_bodies(key: str) -> st.SearchStrategy[Any]:
+    """Any JSON value, including arrays of loose events that name ``key`` or not."""
+    loose_event = st.fixed_dictionaries(
+        {},
+        optional={
+            "client_key": st.just(key) | st.text(max_size=4),
+            "event": st.sampled_from(["view", "conversion"]) | json_values,
+            "price": prices | json_values,
+            "product_id": st.text(max_size=4) | json_values,
+            "permalink": urls() | json_values,
+            "vid": json_values,
+            "tags": json_values,
+            "channels": json_values,
+            "units": st.integers(-1, 3) | json_values,
+        },
+    )
+    return json_values | loose_event | st.lists(loose_event | json_values, max_size=20)
+
+
+@functools.cache
+def valid_batches(key: str) -> st.SearchStrategy[list[dict[str, Any]]]:
+    return st.lists(valid_events(key), min_size=1, max_size=8)
+
+
+@functools.cache
+def broken_batches(key: str) -> st.SearchStrategy[list[tuple[dict[str, Any], Any]]]:
+    """Batches of events, each valid or with one rule broken (and the error it must get);
+    at least one broken."""
+    return st.lists(
+        broken_events(key) | valid_events(key).map(lambda e: (e, None)), min_size=1, max_size=6
+    ).filter(lambda b: any(expected is not None for _, expected in b))
+
+
+def any_json_body_gets_the_contract_shape(site: Site, body: st.DataObject) -> None:
+    value = body.draw(any_json_bodies(site.key))
+    answer = site.post(encode(value), body.draw(framings))
+    assert answer.status_code < 500, answer.text[:500]
+    stored = site.new_events()
+    if isinstance(value, list | dict):
+        sent = value if isinstance(value, list) else [value]
+        payload = assert_contract(answer, sent)
+        assert all(e["code"] != validation.INVALID_VALUE for e in payload["errors"])
+        assert [e["id"] for e in stored] == [e["id"] for e in payload["processed"]]
+    else:
+        assert answer.status_code == 400
+        assert answer.json() == {
+            "processed": [],
+            "failed": [],
+            "errors": [
+                {
+                    "index": None,
+                    "field": None,
+                    "code": "not_an_array",
+                    "message": answer.json()["errors"][0]["message"],
+                }
+            ],
+        }
+        assert stored == []
+
+
+def valid_events_are_processed_and_stored_as_sent(site: Site, data: st.DataObject) -> None:
+    sent = data.draw(valid_batches(site.key))
+    payload = assert_contract(site.post(encode(sent), data.draw(framings)), sent)
+    assert payload["failed"] == [] and payload["errors"] == []
+    processed = payload["processed"]
+    assert [expected_stored(e) for e in sent] == [
+        {k: v for k, v in e.items() if k not in ("id", "received_at")} for e in processed
+    ]
+    assert site.new_events() == processed
+
+
+def broken_events_fail_with_their_code(site: Site, data: st.DataObject) -> None:
+    batch = data.draw(broken_batches(site.key))
+    sent = [event for event, _ in batch]
+    payload = assert_contract(site.post(encode(sent), data.draw(framings)), sent)
+    errors = [(e["index"], e["field"], e["code"]) for e in payload["errors"]]
+    expected = [(i, *want) for i, (_, want) in enumerate(batch) if want is not None]
+    assert errors == expected
+    valid = sum(1 for _, want in batch if want is None)
+    assert len(payload["processed"]) == valid
+    assert len(site.new_events()) == valid
 
 
 class TestAnyJsonBody:
-    @examples(300)
+    @examples(IN_PROCESS["any_json"])
     @given(body=st.data())
     def test_answer_has_the_contract_shape_and_never_a_5xx(
-        self, site: Site, body: st.DataObject
+        self, in_process: Site, body: st.DataObject
     ) -> None:
         """Any JSON value: 200 with every event in processed or failed, or 400 not_an_array."""
-        loose_event = st.fixed_dictionaries(
-            {},
-            optional={
-                "client_key": st.just(site.key) | st.text(max_size=4),
-                "event": st.sampled_from(["view", "conversion"]) | json_values,
-                "price": prices | json_values,
-                "product_id": st.text(max_size=4) | json_values,
-                "permalink": urls() | json_values,
-                "vid": json_values,
-                "tags": json_values,
-                "channels": json_values,
-                "units": st.integers(-1, 3) | json_values,
-            },
-        )
-        value = body.draw(
-            json_values | loose_event | st.lists(loose_event | json_values, max_size=20)
-        )
-        answer = site.post(encode(value))
-        assert answer.status_code < 500, answer.text[:500]
-        stored = site.new_events()
-        if isinstance(value, list | dict):
-            sent = value if isinstance(value, list) else [value]
-            payload = assert_contract(answer, sent)
-            assert all(e["code"] != validation.INVALID_VALUE for e in payload["errors"])
-            assert [e["id"] for e in stored] == [e["id"] for e in payload["processed"]]
-        else:
-            assert answer.status_code == 400
-            assert answer.json() == {
-                "processed": [],
-                "failed": [],
-                "errors": [
-                    {
-                        "index": None,
-                        "field": None,
-                        "code": "not_an_array",
-                        "message": answer.json()["errors"][0]["message"],
-                    }
-                ],
-            }
-            assert stored == []
+        any_json_body_gets_the_contract_shape(in_process, body)
+
+    @examples(OVER_HTTP)
+    @given(body=st.data())
+    def test_the_same_over_http_to_the_sqlite_store(
+        self, over_http: Site, body: st.DataObject
+    ) -> None:
+        """The same, through a real server's socket to its SQLite store."""
+        any_json_body_gets_the_contract_shape(over_http, body)
 
 
 class TestValidEvents:
-    @examples(200)
+    @examples(IN_PROCESS["valid"])
     @given(data=st.data())
     def test_valid_events_are_always_processed_and_stored_as_sent(
-        self, site: Site, data: st.DataObject
+        self, in_process: Site, data: st.DataObject
     ) -> None:
         """A batch of events valid by the rules: all processed, in order, stored exactly."""
-        sent = data.draw(st.lists(valid_events(site.key), min_size=1, max_size=8))
-        payload = assert_contract(site.post(encode(sent)), sent)
-        assert payload["failed"] == [] and payload["errors"] == []
-        processed = payload["processed"]
-        assert [expected_stored(e) for e in sent] == [
-            {k: v for k, v in e.items() if k not in ("id", "received_at")} for e in processed
-        ]
-        assert site.new_events() == processed
+        valid_events_are_processed_and_stored_as_sent(in_process, data)
+
+    @examples(OVER_HTTP)
+    @given(data=st.data())
+    def test_the_same_over_http_to_the_sqlite_store(
+        self, over_http: Site, data: st.DataObject
+    ) -> None:
+        """The same, through a real server's socket to its SQLite store."""
+        valid_events_are_processed_and_stored_as_sent(over_http, data)
 
 
 class TestEachRuleBrokenAlone:
-    @examples(400)
+    @examples(IN_PROCESS["broken"])
     @given(data=st.data())
     def test_broken_event_fails_with_its_code_and_the_others_pass(
-        self, site: Site, data: st.DataObject
+        self, in_process: Site, data: st.DataObject
     ) -> None:
         """Events with one rule broken each fail with exactly that (field, code); valid
         events beside them in the same batch are processed."""
-        batch = data.draw(
-            st.lists(
-                broken_events(site.key) | valid_events(site.key).map(lambda e: (e, None)),
-                min_size=1,
-                max_size=6,
-            ).filter(lambda b: any(expected is not None for _, expected in b))
-        )
-        sent = [event for event, _ in batch]
-        payload = assert_contract(site.post(encode(sent)), sent)
-        errors = [(e["index"], e["field"], e["code"]) for e in payload["errors"]]
-        expected = [(i, *want) for i, (_, want) in enumerate(batch) if want is not None]
-        assert errors == expected
-        valid = sum(1 for _, want in batch if want is None)
-        assert len(payload["processed"]) == valid
-        assert len(site.new_events()) == valid
+        broken_events_fail_with_their_code(in_process, data)
+
+    @examples(OVER_HTTP)
+    @given(data=st.data())
+    def test_the_same_over_http_to_the_sqlite_store(
+        self, over_http: Site, data: st.DataObject
+    ) -> None:
+        """The same, through a real server's socket to its SQLite store."""
+        broken_events_fail_with_their_code(over_http, data)

@@ -1,6 +1,9 @@
 """Schemathesis against the served /openapi.json: for requests generated from the document,
 no 5xx, and every answer's status, content type, headers and body match the document.
 
+It runs against the session's shared server: the accounts it changes are ones it made, or
+keys nobody holds.
+
 A short run (50 examples per operation and mode); reliability/schemathesis_run.py runs a longer one.
 
 Checks left out, and why:
@@ -18,8 +21,6 @@ Cases are drawn from each operation's strategy with hypothesis directly rather t
 from __future__ import annotations
 
 import json
-import signal
-from collections.abc import Iterator
 from importlib import resources
 
 import pytest
@@ -34,7 +35,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from tests.support import ADMIN_TOKEN, RunningServer, free_port
+from tests.support import ADMIN_TOKEN, RunningServer
 
 CHECKS = [
     not_a_server_error,
@@ -47,24 +48,9 @@ AUTHORIZATION = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """One server with the admin API for the whole module."""
-    tmp = tmp_path_factory.mktemp("schemathesis")
-    server = RunningServer(
-        tmp / "data", free_port(), ["--admin-token", ADMIN_TOKEN], tmp / "server.log"
-    )
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.process is not None:
-            server.stop(signal.SIGKILL)
-
-
-@pytest.fixture(scope="module")
-def api_schema(api_server: RunningServer) -> schemathesis.BaseSchema:
+def api_schema(shared_server: RunningServer) -> schemathesis.BaseSchema:
     """The document as the server serves it."""
-    return schemathesis.openapi.from_url(f"{api_server.url}/openapi.json")
+    return schemathesis.openapi.from_url(f"{shared_server.url}/openapi.json")
 
 
 EXISTING = "positive-existing-account"
@@ -91,7 +77,7 @@ class TestServedDocument:
     def test_answers_conform_to_the_document(
         self,
         api_schema: schemathesis.BaseSchema,
-        api_server: RunningServer,
+        shared_server: RunningServer,
         operation_id: str,
         mode: str,
     ) -> None:
@@ -99,7 +85,7 @@ class TestServedDocument:
         whose status, content type, headers and body match the served document."""
         operation = api_schema.find_operation_by_id(operation_id)  # type: ignore[attr-defined]
         if mode == EXISTING:
-            key = api_server.add_account(f"schemathesis-{operation_id}")
+            key = shared_server.create_account(f"schemathesis-{operation_id}")
             strategy = operation.as_strategy(path_parameters={"key": key})
         else:
             strategy = operation.as_strategy(generation_mode=GenerationMode(mode))
@@ -117,7 +103,7 @@ class TestServedDocument:
         @given(case=strategy)
         def check(case: schemathesis.Case) -> None:
             case.call_and_validate(
-                base_url=api_server.url,
+                base_url=shared_server.url,
                 headers=AUTHORIZATION,
                 checks=CHECKS,
                 timeout=30,

@@ -10,6 +10,7 @@ Without the binary the tests that need it are skipped, and fail when ``CI=true``
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -43,10 +44,14 @@ class NatsCluster:
     def __init__(self, directory: Path, size: int, binary: Path | None = None) -> None:
         self.directory = directory
         self.binary = binary or require_nats_server()
-        self.nodes = [NatsNode(f"n{i}", free_port(), free_port(), free_port()) for i in range(size)]
         self.processes: list[subprocess.Popen[bytes] | None] = [None] * size
+        self._lay_out(size)
+
+    def _lay_out(self, size: int) -> None:
+        """Free ports for every node, and their configuration files."""
+        self.nodes = [NatsNode(f"n{i}", free_port(), free_port(), free_port()) for i in range(size)]
         self.configs = [
-            write_node_config(directory / node.name, node, self.nodes, max_file_store="4GB")
+            write_node_config(self.directory / node.name, node, self.nodes, max_file_store="4GB")
             for node in self.nodes
         ]
 
@@ -55,10 +60,23 @@ class NatsCluster:
         """The value of ``--store``: every node's client URL."""
         return ",".join(node.client_url for node in self.nodes)
 
-    def start(self) -> NatsCluster:
-        for index in range(len(self.nodes)):
-            self._spawn(index)
-        self.wait_ready(range(len(self.nodes)))
+    def start(self, attempts: int = 3) -> NatsCluster:
+        """Start every node; until all are ready. A port taken between choosing it and a node
+        binding it (other processes on this machine choose free ports too) makes a node exit
+        or a cluster that never elects its meta leader: then all over again, on new ports."""
+        for attempt in range(attempts):
+            for index in range(len(self.nodes)):
+                self._spawn(index)
+            try:
+                self.wait_ready(range(len(self.nodes)))
+                return self
+            except RuntimeError:
+                self.stop()
+                if attempt == attempts - 1:
+                    raise
+                for node in self.nodes:
+                    shutil.rmtree(self.directory / node.name, ignore_errors=True)
+                self._lay_out(len(self.nodes))
         return self
 
     def kill(self, index: int) -> None:
@@ -104,8 +122,11 @@ class NatsCluster:
             node, process = self.nodes[index], self.processes[index]
             assert process is not None
             while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"nats-server {node.name} exited:\n{self.log(index)}")
+                for other in indexes:  # a peer that died keeps this one from ever being ready
+                    peer = self.processes[other]
+                    if peer is not None and peer.poll() is not None:
+                        name = self.nodes[other].name
+                        raise RuntimeError(f"nats-server {name} exited:\n{self.log(other)}")
                 try:
                     if httpx.get(f"{node.monitor_url}/healthz", timeout=1).status_code == 200:
                         break

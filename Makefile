@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: serve test lint typecheck pytest browser bench bench-client install dev clean openapi reliability soak
+.PHONY: serve test lint typecheck pytest browser nginx bench bench-client install dev clean openapi reliability soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,7 @@ lint: dev
 typecheck: dev
 	$(BIN)/mypy
 
-pytest: dev browser
+pytest: dev browser nginx
 	$(BIN)/pytest -q
 
 # The dashboard's browser tests drive Debian's Chromium (Playwright cannot download its own
@@ -49,6 +49,23 @@ browser:
 			&& echo "browser: installed $$($(CHROMIUM) --version 2>/dev/null)"; \
 	else \
 		echo "browser: $(CHROMIUM) is missing and this is not root: the browser tests will skip (under CI=true they fail)"; \
+	fi
+
+# tests/deploy/test_nginx_tls.py runs Debian's nginx in front of the server (and makes its
+# certificates with openssl). As root, install them if missing (apt-get update only if the
+# package lists are too old to install from); otherwise that test skips, except under
+# CI=true, where it fails.
+nginx:
+	@if command -v nginx >/dev/null && command -v openssl >/dev/null; then \
+		echo "nginx: $$(nginx -v 2>&1) is installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "nginx: installing Debian's nginx and openssl: apt-get install -y nginx openssl"; \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx openssl >/dev/null 2>&1 \
+			|| { echo "nginx: apt-get update, then install again"; apt-get update -qq \
+				&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx openssl >/dev/null; }; } \
+			&& echo "nginx: installed $$(nginx -v 2>&1)"; \
+	else \
+		echo "nginx: nginx or openssl is missing and this is not root: the nginx test will skip (under CI=true it fails)"; \
 	fi
 
 test: lint typecheck pytest

@@ -73,6 +73,8 @@ HELP: Final = {
     "nats_max_bytes": "cluster store: the stream's size limit in bytes; full, it answers 503",
     "nats_prefix": "cluster store: subjects start with PREFIX.v1, the stream is named PREFIX",
     "access_log": "one log line per request",
+    "access_log_probes": "log the health probes' successful answers too (/healthz, /readyz)",
+    "log_file": "write the log to this file instead of standard error; reopened on SIGHUP",
     "header_timeout": "seconds to receive a request's headers",
     "body_timeout": "seconds to receive a request's body",
     "max_inflight_requests": "requests one worker takes at once before answering 503",

@@ -43,6 +43,9 @@ from qlevents.store.factory import build_store
 from qlevents.ui import Dashboard
 
 log: Final = logging.getLogger("qlevents.server")
+#: The health probes: their successful answers are left out of the access log unless asked
+#: for (--access-log-probes); a failed probe is logged.
+PROBES: Final = frozenset({"/healthz", "/readyz"})
 
 
 def _printable(text: str) -> str:
@@ -80,6 +83,7 @@ class EventsApp:
         self.openapi = (resources.files("qlevents.server") / "openapi.json").read_bytes()
         self.access_log = AccessLog() if settings.access_log else None
         self.dashboard = Dashboard(settings.data_dir, self.directory, self.ingest)
+        self.unlogged = frozenset() if settings.access_log_probes else PROBES
 
         # One route table per listener. With --admin-port the admin API has that listener to
         # itself: its routes are there and nowhere else, and nothing else is there.
@@ -179,7 +183,7 @@ class EventsApp:
             route, status = routed
             processed = failed = 0
         self.metrics.request(route, status)
-        if self.access_log is not None:
+        if self.access_log is not None and (status >= 400 or path not in self.unlogged):
             self.access_log.line(
                 scope.get("client"),
                 method,

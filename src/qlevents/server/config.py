@@ -37,6 +37,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Which event store, and its settings.
     storage: StoreSettings = StoreSettings()
     access_log: bool = True
+    #: Log the health probes' successful answers too (GET /healthz, /readyz; a failed probe
+    #: is always logged).
+    access_log_probes: bool = False
+    #: Write the log to this file instead of standard error; reopened on SIGHUP (logrotate).
+    log_file: str = ""
     #: Seconds a client may take to send a request's headers, then its body (slowloris).
     header_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     body_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0

@@ -7,6 +7,14 @@ connection carries a deadline: ``header_timeout`` from its first byte (or from c
 to the end of the headers, then ``body_timeout`` to the end of the body. One sweep a second
 closes the connections past their deadline with a 408 in the contract's shape; the cost on
 the hot path is a float assignment per parser callback, not a timer per request.
+
+A connection closed after an answer that came before the end of the request's body (a 413
+on Content-Length, with ``Connection: close``) is closed the way nginx's lingering close
+does it: the answer and a FIN go out, and up to ``LINGER_BYTES`` more of the body are read
+and thrown away for at most ``LINGER_SECONDS``. Closing at once, with the body unread, makes
+the kernel answer the client's next bytes with a reset, and a client that sends its whole
+body before reading (Python's urllib, which never sends ``Expect: 100-continue``) would see
+the reset instead of the answer.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -22,6 +31,8 @@ from qlevents.server.config import Settings
 from qlevents.server.responses import request_error
 
 SWEEP_SECONDS: Final = 1.0
+LINGER_BYTES: Final = 8 * 1024 * 1024
+LINGER_SECONDS: Final = 2.0
 log: Final = logging.getLogger("qlevents.access")
 
 
@@ -42,6 +53,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             cls._configured = True
         self._deadline = math.inf
         self._waiting_for = "headers"
+        self._reading_body = False
+        self._lingering = False
+        self._discarded = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -56,6 +70,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._open.discard(self)
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:  # the request was answered: its body is read and dropped
+            self._discarded += len(data)
+            if self._discarded > LINGER_BYTES:
+                self.transport.close()
+            return
+        super().data_received(data)
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._arm("headers", self.header_timeout)
@@ -63,19 +85,37 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
         self._arm("body", self.body_timeout)
+        self._reading_body = True
         cycle = self.cycle
         if cycle is not None and not isinstance(cycle.transport, _OneWriteTransport):
-            cycle.transport = _OneWriteTransport(cycle.transport)  # type: ignore[assignment]
+            cycle.transport = _OneWriteTransport(  # type: ignore[assignment]
+                cycle.transport, self._close_after_answer
+            )
 
     def on_response_complete(self) -> None:
         cycle = self.cycle
         if cycle is not None and isinstance(cycle.transport, _OneWriteTransport):
             cycle.transport.flush()  # a HEAD answer has no body write to carry its head
         super().on_response_complete()
+        if self._lingering:
+            self._unset_keepalive_if_required()  # the linger's deadline closes it
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._deadline = math.inf
+        self._reading_body = False
+
+    def _close_after_answer(self) -> None:
+        """Close the connection after an answer; with the request's body still coming, read
+        and drop a bounded part of it first (the module's docstring says why)."""
+        transport = self.transport
+        if not self._reading_body or transport.is_closing() or not transport.can_write_eof():
+            transport.close()
+            return
+        self._lingering = True
+        self._arm("linger", LINGER_SECONDS)
+        transport.write_eof()  # after the answer, which is already in the write buffer
+        self.flow.resume_reading()
 
     def _arm(self, waiting_for: str, seconds: float) -> None:
         self._waiting_for = waiting_for
@@ -83,6 +123,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _expire(self) -> None:
         self._deadline = math.inf
+        if self._lingering:
+            self.transport.close()
+            return
         cycle = self.cycle
         answered = cycle is not None and cycle.response_started
         if not answered and not self.transport.is_closing():
@@ -115,10 +158,11 @@ class _OneWriteTransport:
     request path"). Anything else (a ``100 Continue``, a close) goes at once.
     """
 
-    __slots__ = ("_head", "_transport")
+    __slots__ = ("_close", "_head", "_transport")
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    def __init__(self, transport: asyncio.Transport, close: Callable[[], None]) -> None:
         self._transport = transport
+        self._close = close
         self._head: bytes | None = None
 
     def write(self, data: bytes) -> None:
@@ -136,7 +180,7 @@ class _OneWriteTransport:
 
     def close(self) -> None:
         self.flush()
-        self._transport.close()
+        self._close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)

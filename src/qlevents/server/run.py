@@ -1,4 +1,4 @@
-"""Running the service under uvicorn: listeners, workers, protocol, signals."""
+"""Running the service under uvicorn: listeners, workers, protocol, the log, signals."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import inspect
 import os
 import signal
 import socket
+from pathlib import Path
+from typing import Any
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from qlevents.server.config import Settings
-from qlevents.server.logging import log_config
+from qlevents.server.logging import LogFile, log_config
+from qlevents.settings import SettingsError
 
 PROTOCOL = "qlevents.server.protocol:GuardedHttpToolsProtocol"
 
@@ -34,7 +37,48 @@ def run_server(
     log_level: str,
     forwarded_allow_ips: str | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT; settings reach every worker through QLEVENTS_* variables."""
+    """Serve until SIGTERM/SIGINT; settings reach every worker through QLEVENTS_* variables.
+
+    With a log file, SIGHUP reopens it; without one, SIGHUP is ignored by a single process
+    and, with workers, restarts them one by one (uvicorn's supervisor).
+    """
+    log_file = _log_file(settings.log_file) if settings.log_file else None
+    try:
+        _run(settings, host, port, admin_host, log_level, forwarded_allow_ips, log_file)
+    finally:
+        if log_file is not None:
+            log_file.close()
+
+
+def _log_file(name: str) -> LogFile:
+    path = Path(name).resolve()
+    try:
+        return LogFile(path)
+    except OSError as exc:
+        raise SettingsError(f"cannot open the log file {path}: {exc.strerror or exc}") from None
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's supervisor of the workers, where SIGHUP reopens the log file (which only this
+    process writes: the workers' lines reach it through a pipe) instead of restarting them."""
+
+    def __init__(self, *args: Any, log_file: LogFile, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.log_file = log_file
+
+    def handle_hup(self) -> None:
+        self.log_file.reopen()
+
+
+def _run(
+    settings: Settings,
+    host: str,
+    port: int,
+    admin_host: str,
+    log_level: str,
+    forwarded_allow_ips: str | None,
+    log_file: LogFile | None,
+) -> None:
     os.environ.update(settings.to_env())
     if settings.workers > 1:
         # Each worker writes its metrics here; /metrics adds them up.
@@ -68,10 +112,16 @@ def run_server(
     # supervisors expect.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     if settings.workers > 1:
+        supervisor: type[Multiprocess] = Multiprocess
+        options: dict[str, Any] = {"sockets": sockets}
+        if log_file is not None:
+            supervisor, options["log_file"] = _Supervisor, log_file
         if "target" in inspect.signature(Multiprocess).parameters:  # uvicorn < 0.50
-            server = uvicorn.Server(config)
-            Multiprocess(config, target=server.run, sockets=sockets).run()  # type: ignore[call-arg]
-        else:
-            Multiprocess(config, sockets=sockets).run()
+            options["target"] = uvicorn.Server(config).run
+        supervisor(config, **options).run()
     else:
+        if log_file is None:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        else:
+            signal.signal(signal.SIGHUP, lambda signum, frame: log_file.reopen())
         uvicorn.Server(config).run(sockets=sockets)

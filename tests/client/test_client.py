@@ -77,8 +77,8 @@ class TestEventsReachTheStore:
         assert client.flush(30)
         assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(2000))
         stats = client.stats()
-        assert stats["enqueued"] == stats["sent"] == stats["processed"] == 2000
-        assert stats["dropped"] == stats["failed"] == stats["pending"] == 0
+        assert stats["enqueued"] == stats["handed_to_network"] == stats["stored"] == 2000
+        assert stats["dropped"] == stats["refused"] == stats["pending"] == 0
 
 
 @both_clients
@@ -245,11 +245,13 @@ class TestLifecycle:
     def test_flush_times_out_and_says_what_is_pending(
         self, make_client: MakeClient, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """With the server down, flush(timeout) returns False and logs how many are pending."""
+        """With the server down, flush(timeout) is false, says 3 are pending, and logs it."""
         client = make_client("k", f"http://127.0.0.1:{free_port()}/events")
         for i in range(3):
             client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
-        assert client.flush(0.5) is False
+        result = client.flush(0.5)
+        assert not result
+        assert (result.stored, result.refused, result.dropped, result.pending) == (0, 0, 0, 3)
         assert "3 events still pending" in caplog.text
         client.close(timeout=0.2)
 
@@ -283,7 +285,7 @@ class TestSenderSurvives:
         transport = RecordingTransport(lambda request: refused.pop() if refused else None)
         client = make_client("k", NOWHERE, transport=transport, on_failure=on_failure)
         client.view(product_id="refused", price=1, permalink="https://s.example/")
-        assert client.flush(10)
+        assert client.flush(10).refused == 1
         client.view(product_id="after", price=1, permalink="https://s.example/")
         assert client.flush(10)
         assert "the on_failure callback raised" in caplog.text
@@ -307,7 +309,8 @@ class TestSenderSurvives:
         transport = RecordingTransport()
         client = make_client("k", NOWHERE, transport=transport)
         client.enqueue([view("k", product_id="lost"), view("k", product_id="lost")])
-        assert client.flush(10) is False
+        lost = client.flush(10)
+        assert not lost and lost.dropped == 2 and lost.reasons == {"not_delivered": 2}
         client.view(product_id="sent", price=1, permalink="https://s.example/")
         assert client.flush(10)
         assert "the sender failed on a batch of 2 events" in caplog.text
@@ -342,16 +345,20 @@ class TestFullQueue:
     def test_full_queue_drops_counts_and_warns_once(
         self, server: RunningServer, make_client: MakeClient, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """Server down, queue of 10: 40 of 50 dropped and counted, one warning; 10 stored."""
+        """Server down, queue of 10: 40 of 50 dropped and counted, one warning; 10 stored;
+        the flush says so."""
         server.stop()
         client = make_client(server.client_key, server.events_url, max_queue_size=10)
         with caplog.at_level(logging.WARNING, "qlevents.client"):
             for i in range(50):
                 client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
-        assert client.stats()["dropped"] == 40
+        assert client.stats()["dropped"] == client.stats()["dropped_queue_full"] == 40
         assert sum("the queue is full" in r.message for r in caplog.records) == 1
         server.start()
-        assert client.flush(30)
+        result = client.flush(30)
+        assert not result
+        assert (result.stored, result.dropped, result.pending) == (10, 40, 0)
+        assert result.reasons == {"queue_full": 40}
         assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(10))
 
 
@@ -364,7 +371,7 @@ class TestLogging:
         client = make_client(server.client_key, server.events_url)
         with caplog.at_level(logging.INFO, "qlevents.client"):
             client.enqueue([view(server.client_key), view("qlk_nobody")])
-            assert client.flush(20)
+            assert client.flush(20).stored == 1
         [call] = [r for r in caplog.records if r.message.startswith("POST")]
         assert call.levelno == logging.WARNING  # one event failed
         assert "2 events" in call.message and "bytes" in call.message
@@ -381,12 +388,13 @@ class TestLogging:
             on_failure=lambda event, errors: failures.append((event, [e.code for e in errors])),
         )
         client.view(product_id="p", price=1, permalink="https://s.example/")
-        assert client.flush(20)
+        result = client.flush(20)
+        assert not result and result.refused == 1
         eventually(lambda: failures, what="on_failure")
         [(event, codes)] = failures
         assert event["product_id"] == "p" and codes == ["unknown_client_key"]
-        assert "event not stored: view 'p': unknown_client_key" in caplog.text
-        assert client.stats()["failed"] == 1
+        assert "1 events not stored: unknown_client_key (the first: view 'p': " in caplog.text
+        assert client.stats()["refused"] == 1
 
 
 class TestDefaultTransport:

@@ -140,4 +140,4 @@ class TestSpoolInsteadOfDropping:
         assert first.flush(30) and second.flush(30)
         expected = [f"a{i}" for i in range(30)] + [f"b{i}" for i in range(30)]
         assert product_ids(server.stored()) == sorted(expected)
-        assert first.stats()["sent"] + second.stats()["sent"] == 60
+        assert first.stats()["handed_to_network"] + second.stats()["handed_to_network"] == 60

@@ -62,7 +62,7 @@ class TestServerOutages:
 
         producer = threading.Thread(target=produce)
         producer.start()
-        eventually(lambda: client.stats()["processed"] >= 300, what="traffic to flow")
+        eventually(lambda: client.stats()["stored"] >= 300, what="traffic to flow")
         server.kill()
         time.sleep(0.3)
         server.start()
@@ -149,9 +149,10 @@ class TestRetries:
             on_failure=lambda event, errors: failures.append(errors[0].code),
         )
         views(client, 3)
-        assert client.flush(30) is False
+        result = client.flush(30)
+        assert not result and result.dropped == 3 and result.reasons == {"not_delivered": 3}
         assert failures == ["not_delivered"] * 3
-        assert client.stats()["dropped"] == 3
+        assert client.stats()["dropped"] == client.stats()["dropped_undelivered"] == 3
         assert server.stored() == []
 
 

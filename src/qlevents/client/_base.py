@@ -376,6 +376,15 @@ class BaseClient(_build.EventMethods, Generic[TransportT, SenderT]):
             cause, what = last_failure or ("not sent in time", "not sent in time")
             drops.add(cause, what, left)
         drops.report("close", self.on_failure, f"; shutdown_timeout ({timeout} s) ran out")
+        with self._lock:
+            unreported, self._dropped_unreported = self._dropped_unreported, {}
+        for cause, count in unreported.items():
+            full = "the spool" if cause == SPOOL_FULL else "the queue"
+            log.warning(
+                "close: %d more events were dropped since the last warning: %s was full",
+                count,
+                full,
+            )
         if self._spool is not None:
             pending = self._spool.pending()
             if pending:

@@ -116,6 +116,8 @@ class Spool:
         self._db_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._conn = self._connect()
+        #: Once closed: (events, bytes) left in it, and this process's tally.
+        self._closed: tuple[tuple[int, int], dict[str, int]] | None = None
         self._lock_fd: int | None = None
         # What is in the spool already counts as queued: flush() waits for it too.
         self._sender_idle = True
@@ -161,11 +163,13 @@ class Spool:
             self._lock_fd = None
 
     def close(self) -> None:
+        size, outcomes = self.size(), self.outcomes()
         with self._db_lock:
             # Nobody else reads this process's tally; rows of a process that died stay
             # (one per outcome code: a few bytes).
             self._conn.execute("DELETE FROM outcomes WHERE owner = ?", (self.owner,))
             self._conn.close()
+            self._closed = (size, outcomes)  # what stats() and flush() say from now on
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -205,18 +209,20 @@ class Spool:
         return True
 
     def pending(self) -> int:
-        with self._db_lock:
-            row = self._conn.execute("SELECT events FROM totals").fetchone()
-        return int(row[0])
+        return self.size()[0]
 
     def size(self) -> tuple[int, int]:
         """(events, bytes) in the spool, from every process."""
         with self._db_lock:
+            if self._closed is not None:
+                return self._closed[0]
             events, nbytes = self._conn.execute("SELECT events, bytes FROM totals").fetchone()
         return int(events), int(nbytes)
 
     def outcomes(self) -> dict[str, int]:
         with self._db_lock:
+            if self._closed is not None:
+                return dict(self._closed[1])
             rows = self._conn.execute(
                 "SELECT code, count FROM outcomes WHERE owner = ?", (self.owner,)
             ).fetchall()

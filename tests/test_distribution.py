@@ -133,3 +133,15 @@ print(bool(result), result.stored)
     assert "1 processed, 0 failed (1 request)." in out
     stored = sorted(e["product_id"] for e in server.stored())
     assert stored == ["backfill", "wheel0", "wheel1", "wheel2"]
+
+
+def test_the_docs_list_exactly_the_sdks_dependencies() -> None:
+    """README and docs/sdk.md name, on their **Dependencies** line, the packages of
+    pyproject's base dependencies: no more, no fewer."""
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = sorted(Requirement(d).name for d in declared)
+    for doc in ("README.md", "docs/sdk.md"):
+        text = (REPO / doc).read_text()
+        paragraph = text[text.index("**Dependencies**") :].split("\n\n", 1)[0]
+        listed = sorted(set(re.findall(r"`([a-z0-9_.-]+)`", paragraph)))
+        assert listed == names, doc

@@ -176,6 +176,8 @@ class TestSpoolCap:
         result = client.flush(0.3)
         assert (result.dropped, result.pending, result.reasons) == (3, 5, {"spool_full": 3})
         client.close(timeout=0.2)
+        assert client.stats()["pending"] == 5  # what the spool held at close
+        assert "close: 2 more events were dropped since the last warning" in caplog.text
         after = make_client(server.client_key, server.events_url, spool_dir=spool)
         assert after.flush(30)
         assert product_ids(server.stored()) == [f"p{i}" for i in range(5)]

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: serve test lint typecheck pytest browser nginx bench bench-client install dev clean openapi reliability soak
+.PHONY: serve test lint typecheck pytest browser nginx bench bench-client install dev clean openapi reliability soak dist
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -81,8 +81,17 @@ bench: $(VENV)/.installed-bench
 bench-client: $(VENV)/.installed-bench
 	$(BIN)/python bench/client_bench.py
 
+# The SDK's distributions: an sdist and a wheel in dist/ (python -m build, in an isolated
+# environment with the build backend from PyPI), their metadata checked by twine. Install the
+# wheel with `pip install dist/qlevents-*.whl` (docs/sdk.md). `make test` builds and installs
+# a wheel too, offline (tests/test_distribution.py).
+dist: dev
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache qlevents-data
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache qlevents-data dist
 
 # Long-running proofs (not part of `make test`): see reliability/README.md.
 reliability: dev

@@ -8,7 +8,6 @@ import qlevents
 def test_all_is_pinned() -> None:
     """``qlevents.__all__`` lists exactly the public names, and each one exists."""
     assert qlevents.__all__ == [
-        "DEFAULT_ENDPOINT",
         "NOT_DELIVERED",
         "Answer",
         "AsyncClient",
@@ -17,6 +16,7 @@ def test_all_is_pinned() -> None:
         "ClientClosedError",
         "ClientError",
         "EventValidationError",
+        "FlushResult",
         "QleventsError",
         "SendResult",
         "StoreError",

@@ -18,24 +18,24 @@ from qlevents._version import __version__
 # should not pay for httpx and the client at start-up. Type checkers see the real imports.
 if TYPE_CHECKING:
     from qlevents.client import (
-        DEFAULT_ENDPOINT,
         NOT_DELIVERED,
         Answer,
         AsyncClient,
         AsyncTransport,
         Client,
+        FlushResult,
         SendResult,
         Transport,
     )
 
 _SDK_NAMES = frozenset(
     {
-        "DEFAULT_ENDPOINT",
         "NOT_DELIVERED",
         "Answer",
         "AsyncClient",
         "AsyncTransport",
         "Client",
+        "FlushResult",
         "SendResult",
         "Transport",
     }
@@ -57,7 +57,6 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "DEFAULT_ENDPOINT",
     "NOT_DELIVERED",
     "Answer",
     "AsyncClient",
@@ -66,6 +65,7 @@ __all__ = [
     "ClientClosedError",
     "ClientError",
     "EventValidationError",
+    "FlushResult",
     "QleventsError",
     "SendResult",
     "StoreError",

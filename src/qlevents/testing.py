@@ -4,7 +4,7 @@
     from qlevents.testing import RecordingTransport
 
     transport = RecordingTransport()
-    client = Client("test-key", transport=transport)
+    client = Client("test-key", "https://qlevents.test/events", transport=transport)
     client.view(product_id="p1", price=9.5, permalink="https://shop.example/p1")
     client.flush()
     assert transport.events[0]["product_id"] == "p1"

@@ -153,6 +153,33 @@ class TestSendCommand:
         assert says in capsys.readouterr().err
 
 
+class TestEndpoint:
+    def test_without_an_endpoint_nothing_is_read_or_sent(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """No --endpoint and no QLEVENTS_ENDPOINT: exit 2, saying both ways; no default."""
+        monkeypatch.delenv("QLEVENTS_ENDPOINT", raising=False)
+        code = main(["send", str(tmp_path / "not-read.ndjson"), "--client-key", "k"])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert err.startswith("Error: no endpoint: give --endpoint URL or set QLEVENTS_ENDPOINT")
+        assert "no default server" in err
+
+    def test_the_endpoint_from_the_environment(
+        self,
+        server: RunningServer,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """QLEVENTS_ENDPOINT stands in for --endpoint."""
+        monkeypatch.setenv("QLEVENTS_ENDPOINT", server.events_url)
+        path = write_ndjson(tmp_path / "events.ndjson", [view(server.client_key)])
+        assert main(["send", str(path)]) == 0
+        assert "1 processed, 0 failed (1 request)." in capsys.readouterr().out
+        assert len(server.stored()) == 1
+
+
 class TestProgress:
     def test_bar_on_a_terminal_silence_otherwise(self) -> None:
         """The progress bar is drawn only when stderr is a terminal."""

@@ -39,7 +39,7 @@ class TestAsyncClient:
         stored = server.stored()
         assert product_ids(stored) == sorted([f"p{i}" for i in range(300)] + ["c"])
         assert next(e for e in stored if e["product_id"] == "c")["price"] == 30.3
-        assert stats["processed"] == 301 and stats["pending"] == 0
+        assert stats["stored"] == 301 and stats["pending"] == 0
 
     def test_send_returns_the_servers_answer(self, server: RunningServer) -> None:
         """await send() posts at once and returns processed / failed / errors."""
@@ -116,7 +116,7 @@ class TestLoops:
         assert first.idempotency_key == again.idempotency_key and first.body == again.body
         assert [e["product_id"] for e in again.events] == ["p0", "p1", "p2"]
         stats = client.stats()
-        assert stats["processed"] == 3 and stats["sent"] == 3 and stats["dropped"] == 0
+        assert stats["stored"] == 3 and stats["handed_to_network"] == 3 and stats["dropped"] == 0
 
     def test_close_is_bounded_when_the_transport_never_answers(self) -> None:
         """close(0) with a post that hangs: the task is cancelled after its grace, and the
@@ -236,7 +236,8 @@ class TestExit:
         unreachable = f"http://127.0.0.1:{free_port()}/events"
         done = run_script(QUEUE_AND_RETURN, "k", unreachable, "count=3", "timeout=0.5")
         assert done.returncode == 0, done.stderr
-        assert "WARNING:qlevents.client:3 events dropped" in done.stderr
+        dropped = "WARNING:qlevents.client:close: 3 events dropped, not stored: connection refused"
+        assert dropped in done.stderr
         assert done.stdout.split("\n")[:3] == [f"failed p{i} not_delivered" for i in range(3)]
 
     def test_exit_with_a_spool_sends_what_was_spooled(

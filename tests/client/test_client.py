@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -77,8 +78,8 @@ class TestEventsReachTheStore:
         assert client.flush(30)
         assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(2000))
         stats = client.stats()
-        assert stats["enqueued"] == stats["sent"] == stats["processed"] == 2000
-        assert stats["dropped"] == stats["failed"] == stats["pending"] == 0
+        assert stats["enqueued"] == stats["handed_to_network"] == stats["stored"] == 2000
+        assert stats["dropped"] == stats["refused"] == stats["pending"] == 0
 
 
 @both_clients
@@ -245,11 +246,13 @@ class TestLifecycle:
     def test_flush_times_out_and_says_what_is_pending(
         self, make_client: MakeClient, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """With the server down, flush(timeout) returns False and logs how many are pending."""
+        """With the server down, flush(timeout) is false, says 3 are pending, and logs it."""
         client = make_client("k", f"http://127.0.0.1:{free_port()}/events")
         for i in range(3):
             client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
-        assert client.flush(0.5) is False
+        result = client.flush(0.5)
+        assert not result
+        assert (result.stored, result.refused, result.dropped, result.pending) == (0, 0, 0, 3)
         assert "3 events still pending" in caplog.text
         client.close(timeout=0.2)
 
@@ -283,7 +286,7 @@ class TestSenderSurvives:
         transport = RecordingTransport(lambda request: refused.pop() if refused else None)
         client = make_client("k", NOWHERE, transport=transport, on_failure=on_failure)
         client.view(product_id="refused", price=1, permalink="https://s.example/")
-        assert client.flush(10)
+        assert client.flush(10).refused == 1
         client.view(product_id="after", price=1, permalink="https://s.example/")
         assert client.flush(10)
         assert "the on_failure callback raised" in caplog.text
@@ -307,7 +310,8 @@ class TestSenderSurvives:
         transport = RecordingTransport()
         client = make_client("k", NOWHERE, transport=transport)
         client.enqueue([view("k", product_id="lost"), view("k", product_id="lost")])
-        assert client.flush(10) is False
+        lost = client.flush(10)
+        assert not lost and lost.dropped == 2 and lost.reasons == {"not_delivered": 2}
         client.view(product_id="sent", price=1, permalink="https://s.example/")
         assert client.flush(10)
         assert "the sender failed on a batch of 2 events" in caplog.text
@@ -342,16 +346,20 @@ class TestFullQueue:
     def test_full_queue_drops_counts_and_warns_once(
         self, server: RunningServer, make_client: MakeClient, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """Server down, queue of 10: 40 of 50 dropped and counted, one warning; 10 stored."""
+        """Server down, queue of 10: 40 of 50 dropped and counted, one warning; 10 stored;
+        the flush says so."""
         server.stop()
         client = make_client(server.client_key, server.events_url, max_queue_size=10)
         with caplog.at_level(logging.WARNING, "qlevents.client"):
             for i in range(50):
                 client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
-        assert client.stats()["dropped"] == 40
+        assert client.stats()["dropped"] == client.stats()["dropped_queue_full"] == 40
         assert sum("the queue is full" in r.message for r in caplog.records) == 1
         server.start()
-        assert client.flush(30)
+        result = client.flush(30)
+        assert not result
+        assert (result.stored, result.dropped, result.pending) == (10, 40, 0)
+        assert result.reasons == {"queue_full": 40}
         assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(10))
 
 
@@ -364,7 +372,7 @@ class TestLogging:
         client = make_client(server.client_key, server.events_url)
         with caplog.at_level(logging.INFO, "qlevents.client"):
             client.enqueue([view(server.client_key), view("qlk_nobody")])
-            assert client.flush(20)
+            assert client.flush(20).stored == 1
         [call] = [r for r in caplog.records if r.message.startswith("POST")]
         assert call.levelno == logging.WARNING  # one event failed
         assert "2 events" in call.message and "bytes" in call.message
@@ -381,12 +389,13 @@ class TestLogging:
             on_failure=lambda event, errors: failures.append((event, [e.code for e in errors])),
         )
         client.view(product_id="p", price=1, permalink="https://s.example/")
-        assert client.flush(20)
+        result = client.flush(20)
+        assert not result and result.refused == 1
         eventually(lambda: failures, what="on_failure")
         [(event, codes)] = failures
         assert event["product_id"] == "p" and codes == ["unknown_client_key"]
-        assert "event not stored: view 'p': unknown_client_key" in caplog.text
-        assert client.stats()["failed"] == 1
+        assert "1 events not stored: unknown_client_key (the first: view 'p': " in caplog.text
+        assert client.stats()["refused"] == 1
 
 
 class TestDefaultTransport:
@@ -413,3 +422,90 @@ class TestDefaultTransport:
         transport = default_transport("https://evt.example/events", 1, 2)
         assert isinstance(transport, HTTPXTransport)
         transport.close()
+
+
+@both_clients
+class TestFlushTellsTheTruth:
+    def test_everything_stored_is_true_and_counted(
+        self, server: RunningServer, make_client: MakeClient
+    ) -> None:
+        """All stored: the result is true and counts them; a flush with nothing new is too."""
+        client = make_client(server.client_key, server.events_url)
+        for i in range(3):
+            client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
+        result = client.flush(20)
+        assert result
+        assert (result.stored, result.refused, result.dropped, result.pending) == (3, 0, 0, 0)
+        again = client.flush(20)
+        assert again and again.stored == 0
+
+    def test_a_wrong_client_key_is_refused_not_true(
+        self, server: RunningServer, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Answered 200 with every event failed (unknown_client_key): false, counted, one
+        log line for the three events."""
+        client = make_client("qlk_wrong", server.events_url)
+        with caplog.at_level(logging.WARNING, "qlevents.client"):
+            for i in range(3):
+                client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
+            result = client.flush(20)
+        assert not result
+        assert (result.stored, result.refused, result.dropped) == (0, 3, 0)
+        assert result.reasons == {"unknown_client_key": 3}
+        assert sum("events not stored" in r.message for r in caplog.records) == 1
+        assert server.stored() == []
+
+    def test_an_endpoint_missing_events_is_refused_not_true(
+        self, server: RunningServer, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A URL the server answers 404: false, the events refused, the log says what to fix."""
+        wrong = server.events_url.removesuffix("/events") + "/api"
+        client = make_client(server.client_key, wrong)
+        for i in range(3):
+            client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
+        result = client.flush(20)
+        assert not result
+        assert (result.stored, result.refused, result.reasons) == (0, 3, {"not_found": 3})
+        assert f"is {wrong} the /events URL of your qlevents server?" in caplog.text
+        assert server.stored() == []
+
+    def test_each_flush_reports_what_happened_since_the_previous(
+        self, server: RunningServer, make_client: MakeClient
+    ) -> None:
+        """A refusal is reported by the flush after it, not again by the next one."""
+        client = make_client(server.client_key, server.events_url)
+        client.enqueue([view(server.client_key), view("qlk_wrong")])
+        first = client.flush(20)
+        assert (bool(first), first.stored, first.refused) == (False, 1, 1)
+        client.view(product_id="later", price=1, permalink="https://s.example/")
+        second = client.flush(20)
+        assert (bool(second), second.stored, second.refused) == (True, 1, 0)
+
+    def test_with_a_spool_a_refusal_is_reported_too(
+        self, server: RunningServer, make_client: MakeClient, tmp_path: Path
+    ) -> None:
+        """Spooled events refused by the server: the flush counts them refused as well."""
+        client = make_client("qlk_wrong", server.events_url, spool_dir=tmp_path / "spool")
+        for i in range(3):
+            client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
+        result = client.flush(20)
+        assert not result and result.refused == 3 and result.pending == 0
+        assert result.reasons == {"unknown_client_key": 3}
+
+
+@both_clients
+class TestStats:
+    def test_stats_tell_the_network_from_the_store_and_tries_from_requests(
+        self, make_client: MakeClient
+    ) -> None:
+        """A closed port: events handed to the network, none stored, all dropped; the
+        failed connection attempts are network errors, not requests."""
+        client = make_client("k", f"http://127.0.0.1:{free_port()}/events", retry_budget=0.3)
+        for i in range(3):
+            client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
+        assert client.flush(20).dropped == 3
+        stats = client.stats()
+        assert stats["handed_to_network"] == 3 and stats["stored"] == 0
+        assert stats["dropped"] == stats["dropped_undelivered"] == 3
+        assert stats["requests"] == 0 and stats["network_errors"] >= 2
+        assert stats["retried"] == stats["network_errors"] - 1

@@ -207,7 +207,7 @@ class TestRetries:
     def test_give_up_leaves_what_was_not_answered_undelivered(self) -> None:
         """give_up() (the client closing) settles every request still to send."""
         sending = delivery(3)
-        sending.give_up("the client was closed")
+        sending.give_up()
         assert sending.next() is None
         assert sending.undelivered == [0, 1, 2]
         assert [f[1][0].code for f in sending.not_delivered()] == [NOT_DELIVERED] * 3

@@ -17,12 +17,12 @@ pid = os.fork()
 if pid == 0:
     for i in range(5):
         client.view(product_id=f"child{i}", price=1, permalink="https://s.example/")
-    ok = client.flush(20)
-    print("child", ok, client.stats()["processed"], flush=True)
+    ok = bool(client.flush(20))
+    print("child", ok, client.stats()["stored"], flush=True)
     sys.exit(0 if ok else 3)
 _, status = os.waitpid(pid, 0)
-ok = client.flush(20)
-print("parent", ok, client.stats()["processed"], os.waitstatus_to_exitcode(status), flush=True)
+ok = bool(client.flush(20))
+print("parent", ok, client.stats()["stored"], os.waitstatus_to_exitcode(status), flush=True)
 """
 
 PRE_FORK_SERVER = """
@@ -38,7 +38,7 @@ for n in range(3):
         sys.exit(0)  # no flush: the child's exit delivers its events
     children.append(pid)
 codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
-print("codes", codes, "parent sent", client.stats()["sent"], flush=True)
+print("codes", codes, "parent sent", client.stats()["handed_to_network"], flush=True)
 """
 
 
@@ -71,9 +71,12 @@ pid = os.fork()
 if pid == 0:
     for i in range(5):
         client.view(product_id=f"child{i}", price=1, permalink="https://s.example/")
-    sys.exit(0 if client.flush(20) else 3)
+    result = client.flush(20)
+    print("child flushed", bool(result), result.stored, flush=True)
+    sys.exit(0 if result else 3)
 code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-print("child exit", code, "parent flushed", client.flush(20), flush=True)
+result = client.flush(20)
+print("child exit", code, "parent flushed", bool(result), result.stored, flush=True)
 """
 
 
@@ -81,9 +84,11 @@ class TestForkWithSpool:
     def test_parent_and_child_share_a_spool_and_each_event_is_sent_once(
         self, server: RunningServer, tmp_path: Path
     ) -> None:
-        """After fork both write to the spool; only the lock holder sends; nothing twice."""
+        """After fork both write to the spool; only the lock holder sends; nothing twice;
+        each one's flush() counts its own events stored, whichever process sent them."""
         done = run_script(SPOOL_FORK, server.client_key, server.events_url, str(tmp_path / "s"))
         assert done.returncode == 0, done.stderr
-        assert "child exit 0 parent flushed True" in done.stdout
+        assert "child flushed True 5" in done.stdout
+        assert "child exit 0 parent flushed True 10" in done.stdout
         expected = [f"parent{i}" for i in range(10)] + [f"child{i}" for i in range(5)]
         assert product_ids(server.stored()) == sorted(expected)

@@ -90,7 +90,7 @@ class TestWebAppDuringServerRestart:
         browsers = [threading.Thread(target=browse, args=(n,)) for n in range(4)]
         for browser in browsers:
             browser.start()
-        eventually(lambda: qlevents.stats()["processed"] >= 50, what="traffic to flow")
+        eventually(lambda: qlevents.stats()["stored"] >= 50, what="traffic to flow")
         server.kill()
         server.start()
         for browser in browsers:

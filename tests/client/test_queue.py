@@ -6,6 +6,7 @@ import math
 
 from qlevents.client._batch import Batch
 from qlevents.client._build import view
+from qlevents.client._outcome import Outcome
 from qlevents.client._queue import EventQueue
 
 
@@ -104,15 +105,17 @@ class TestFlush:
         batch = take(source)  # a flush makes the batch due at once
         source.put_nowait(event(1))
         assert source.flush_state(mark) == (False, False, 1)
-        source.settle(batch, delivered=True)
+        source.settle(batch, Outcome(stored=1))
         assert source.flush_state(mark) == (True, True, 0)
         source.end_flush()
+        assert source.outcomes() == {"stored": 1}
 
     def test_a_batch_given_up_makes_the_flush_fail(self) -> None:
         """Settled but not delivered: the flush finishes, reporting failure."""
         source = queue()
         source.put_nowait(event(0))
         mark = source.begin_flush()
-        source.settle(take(source), delivered=False)
+        source.settle(take(source), Outcome(not_stored={0: "not_delivered"}, unanswered=True))
         assert source.flush_state(mark) == (True, False, 0)
         source.end_flush()
+        assert source.outcomes() == {"not_delivered": 1}

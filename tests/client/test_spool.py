@@ -5,7 +5,9 @@ Client and AsyncClient share the spool; every test runs with each (``@both_clien
 
 from __future__ import annotations
 
+import logging
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -13,6 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from qlevents import Client
+from qlevents.client._build import view
+from qlevents.client._spool import SPOOL_FILE
 from tests.client.conftest import both_clients, eventually, product_ids
 from tests.client.faults import FaultProxy, Hang
 from tests.support import RunningServer, free_port
@@ -137,7 +144,82 @@ class TestSpoolInsteadOfDropping:
         for i in range(30):
             first.view(product_id=f"a{i}", price=1, permalink="https://s.example/")
             second.view(product_id=f"b{i}", price=1, permalink="https://s.example/")
-        assert first.flush(30) and second.flush(30)
+        firsts, seconds = first.flush(30), second.flush(30)
+        assert firsts and seconds
+        assert (firsts.stored, seconds.stored) == (30, 30)  # each its own, whoever sent them
         expected = [f"a{i}" for i in range(30)] + [f"b{i}" for i in range(30)]
         assert product_ids(server.stored()) == sorted(expected)
-        assert first.stats()["sent"] + second.stats()["sent"] == 60
+        assert first.stats()["handed_to_network"] + second.stats()["handed_to_network"] == 60
+
+
+@both_clients
+class TestSpoolCap:
+    def test_at_the_cap_new_events_are_dropped_and_the_spooled_ones_kept(
+        self,
+        server: RunningServer,
+        make_client: MakeClient,
+        tmp_path: Path,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """spool_max_events=5, server down: 5 spooled, 3 dropped, counted, warned once; the
+        next client sends the 5 oldest."""
+        spool = tmp_path / "spool"
+        down = f"http://127.0.0.1:{free_port()}/events"
+        client = make_client(server.client_key, down, spool_dir=spool, spool_max_events=5)
+        with caplog.at_level(logging.WARNING, "qlevents.client"):
+            for i in range(8):
+                client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
+        stats = client.stats()
+        assert (stats["spooled"], stats["pending"]) == (5, 5)
+        assert stats["dropped"] == stats["dropped_spool_full"] == 3
+        assert sum("is full" in r.message for r in caplog.records) == 1
+        result = client.flush(0.3)
+        assert (result.dropped, result.pending, result.reasons) == (3, 5, {"spool_full": 3})
+        client.close(timeout=0.2)
+        assert client.stats()["pending"] == 5  # what the spool held at close
+        assert "close: 2 more events were dropped since the last warning" in caplog.text
+        after = make_client(server.client_key, server.events_url, spool_dir=spool)
+        assert after.flush(30)
+        assert product_ids(server.stored()) == [f"p{i}" for i in range(5)]
+
+    def test_the_byte_cap_counts_the_events_encoded_size(
+        self, make_client: MakeClient, tmp_path: Path
+    ) -> None:
+        """spool_max_bytes: as many events as fit their encoded size; the rest dropped."""
+        size = len(view("k", "p0", 1, "https://s.example/"))
+        down = f"http://127.0.0.1:{free_port()}/events"
+        client = make_client(
+            "k", down, spool_dir=tmp_path / "spool", spool_max_bytes=3 * size + size // 2
+        )
+        for i in range(5):
+            client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
+        stats = client.stats()
+        assert (stats["spooled"], stats["dropped_spool_full"]) == (3, 2)
+
+
+class TestSpoolFormat:
+    def test_a_spool_made_before_the_cap_is_upgraded_and_sent(
+        self, server: RunningServer, tmp_path: Path
+    ) -> None:
+        """A spool file without the owner column and totals (an earlier qlevents): its events
+        count towards the cap and are sent."""
+        spool = tmp_path / "spool"
+        spool.mkdir()
+        with sqlite3.connect(spool / SPOOL_FILE) as old:
+            old.executescript(
+                "CREATE TABLE groups (id INTEGER PRIMARY KEY AUTOINCREMENT, events BLOB NOT NULL,"
+                " count INTEGER NOT NULL, created REAL NOT NULL, batch INTEGER);"
+                "CREATE TABLE batches (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL);"
+            )
+            old.executemany(
+                "INSERT INTO groups (events, count, created) VALUES (?, 1, 0)",
+                [(view(server.client_key, f"old{i}", 1, "https://s.example/"),) for i in range(2)],
+            )
+        with Client(
+            server.client_key, server.events_url, spool_dir=spool, spool_max_events=3
+        ) as client:
+            for i in range(2):
+                client.view(product_id=f"new{i}", price=1, permalink="https://s.example/")
+            assert client.stats()["dropped_spool_full"] == 1  # 2 old + 1 new fill the cap
+            assert client.flush(30).stored == 1  # its own; the old ones were no one's
+        assert product_ids(server.stored()) == ["new0", "old0", "old1"]

@@ -14,7 +14,7 @@ class TestRecordingTransport:
             client.view(product_id="p1", price=9.5, permalink="https://shop.example/p1")
             client.conversion(product_id="p1", unit_price=10.1, units=3)
             assert client.flush(5)
-            assert client.stats()["processed"] == 2
+            assert client.stats()["stored"] == 2
         [request] = transport.requests
         assert request.url == "https://evt.example/events"
         assert request.idempotency_key

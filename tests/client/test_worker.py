@@ -22,7 +22,7 @@ from qlevents import Client
 from qlevents.accounts import AccountBook
 from tests.client.conftest import both_clients, eventually, product_ids
 from tests.client.faults import CloseAfter, FaultProxy, Hang, Reset, Slow, Status
-from tests.support import RunningServer
+from tests.support import RunningServer, free_port
 
 MakeClient = Callable[..., Any]
 
@@ -62,7 +62,7 @@ class TestServerOutages:
 
         producer = threading.Thread(target=produce)
         producer.start()
-        eventually(lambda: client.stats()["processed"] >= 300, what="traffic to flow")
+        eventually(lambda: client.stats()["stored"] >= 300, what="traffic to flow")
         server.kill()
         time.sleep(0.3)
         server.start()
@@ -149,9 +149,10 @@ class TestRetries:
             on_failure=lambda event, errors: failures.append(errors[0].code),
         )
         views(client, 3)
-        assert client.flush(30) is False
+        result = client.flush(30)
+        assert not result and result.dropped == 3 and result.reasons == {"not_delivered": 3}
         assert failures == ["not_delivered"] * 3
-        assert client.stats()["dropped"] == 3
+        assert client.stats()["dropped"] == client.stats()["dropped_undelivered"] == 3
         assert server.stored() == []
 
 
@@ -244,6 +245,53 @@ class TestExit:
         )
         assert done.returncode == 0, done.stderr
         assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(300))
+
+    @pytest.mark.parametrize("flavour", ["Client", "AsyncClient"])
+    def test_an_outage_at_exit_is_one_line_per_cause(self, flavour: str) -> None:
+        """Server down (a closed port), 10,005 events queued, exit: one line for all of them,
+        naming the real cause, instead of a line per event."""
+        from tests.client.conftest import run_script
+
+        unreachable = f"http://127.0.0.1:{free_port()}/events"
+        done = run_script(OUTAGE_AT_EXIT[flavour], unreachable)
+        assert done.returncode == 0, done.stderr
+        warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING")]
+        assert len(warnings) <= 3, done.stderr  # a first failed try (per sender), and close
+        assert warnings[-1].startswith(
+            "WARNING close: 10005 events dropped, not stored: connection refused"
+        )
+        assert "closed before the server answered" not in done.stderr
+        assert done.stdout.split() == ["on_failure", "10005"]
+
+
+OUTAGE_AT_EXIT = {
+    "Client": """
+import atexit, logging, sys
+from qlevents import Client
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+failed = []
+atexit.register(lambda: print("on_failure", len(failed)))  # runs after the client's hook
+client = Client("qlk_key", sys.argv[1], shutdown_timeout=1, max_queue_size=20_000,
+                on_failure=lambda event, errors: failed.append(errors[0].code))
+for i in range(10_005):
+    client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
+""",
+    "AsyncClient": """
+import asyncio, atexit, logging, sys
+from qlevents import AsyncClient
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+failed = []
+atexit.register(lambda: print("on_failure", len(failed)))  # runs after the client's hook
+
+async def main():
+    client = AsyncClient("qlk_key", sys.argv[1], shutdown_timeout=1, max_queue_size=20_000,
+                         on_failure=lambda event, errors: failed.append(errors[0].code))
+    for i in range(10_005):
+        client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
+
+asyncio.run(main())
+""",
+}
 
 
 @both_clients

@@ -22,8 +22,9 @@ import msgspec
 
 from qlevents._exceptions import QleventsError, TransportError
 from qlevents.cli.errors import CommandError
-from qlevents.client import DEFAULT_ENDPOINT, Client
+from qlevents.client import Client
 from qlevents.client._build import body
+from qlevents.client._config import ENDPOINT_ENV
 from qlevents.events import MAX_EVENTS_PER_REQUEST, ConversionEvent, ViewEvent
 from qlevents.validation import convert_event
 
@@ -42,7 +43,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     send.add_argument(
         "--endpoint",
-        help=f"the events API URL (env QLEVENTS_ENDPOINT; default: {DEFAULT_ENDPOINT})",
+        help=f"your qlevents server's events URL, e.g. https://events.example.com/events"
+        f" (env {ENDPOINT_ENV}); required: there is no default server",
     )
     send.add_argument(
         "--client-key", help="for events without one (env QLEVENTS_CLIENT_KEY)", default=None
@@ -136,7 +138,14 @@ def run(args: argparse.Namespace) -> int:
     """Check the file's events, send the valid ones in batches, print a summary."""
     if not 1 <= args.batch_size <= MAX_EVENTS_PER_REQUEST:
         raise CommandError(f"--batch-size must be from 1 to {MAX_EVENTS_PER_REQUEST}", exit_code=2)
-    endpoint = args.endpoint or os.environ.get("QLEVENTS_ENDPOINT") or DEFAULT_ENDPOINT
+    endpoint = args.endpoint or os.environ.get(ENDPOINT_ENV, "").strip()
+    if not endpoint:
+        raise CommandError(
+            f"no endpoint: give --endpoint URL or set {ENDPOINT_ENV} (your qlevents server's"
+            " events URL, e.g. https://events.example.com/events); qlevents send has no"
+            " default server",
+            exit_code=2,
+        )
     key = args.client_key or os.environ.get("QLEVENTS_CLIENT_KEY") or ""
     given = _read(args.file)
     failures = _Failures()

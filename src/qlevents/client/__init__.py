@@ -1,12 +1,14 @@
 """The qlevents client SDK: send view and conversion events without slowing your pages.
 
-Imports nothing of the server (no uvicorn, no prometheus_client, no store).
+Imports nothing of the server (no uvicorn, no prometheus_client, no store). There is no
+default endpoint: ``Client(key, endpoint=...)``, or ``QLEVENTS_ENDPOINT`` in the environment.
 """
 
 from qlevents.client._async_client import AsyncClient
 from qlevents.client._client import Client
-from qlevents.client._config import DEFAULT_ENDPOINT, FailureCallback
-from qlevents.client._delivery import NOT_DELIVERED, SendResult
+from qlevents.client._config import FailureCallback
+from qlevents.client._delivery import SendResult
+from qlevents.client._outcome import NOT_DELIVERED, FlushResult
 from qlevents.client._transport import (
     Answer,
     AsyncTransport,
@@ -16,13 +18,13 @@ from qlevents.client._transport import (
 )
 
 __all__ = [
-    "DEFAULT_ENDPOINT",
     "NOT_DELIVERED",
     "Answer",
     "AsyncClient",
     "AsyncTransport",
     "Client",
     "FailureCallback",
+    "FlushResult",
     "HTTPTransport",
     "HTTPXTransport",
     "SendResult",

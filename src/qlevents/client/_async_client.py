@@ -23,6 +23,7 @@ from typing import Any
 from qlevents.client import _task
 from qlevents.client._base import BaseClient
 from qlevents.client._delivery import SendResult
+from qlevents.client._outcome import FlushResult
 from qlevents.client._task import SenderTask
 from qlevents.client._transport import (
     AsyncHTTPXTransport,
@@ -80,13 +81,14 @@ class AsyncClient(BaseClient[AsyncTransport, SenderTask]):
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    async def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything queued so far was answered; False on timeout."""
-        if not self._flush_needed():
-            return True
+    async def flush(self, timeout: float | None = None) -> FlushResult:
+        """Wait until everything queued so far was answered, and say what became of it:
+        ``Client.flush()``'s :class:`FlushResult`, awaited."""
         timeout = self._timeout(timeout)
-        delivered, pending = await _task.flush(self._source, timeout)
-        return self._flushed(delivered, pending, timeout)
+        pending = 0
+        if self._flush_needed():
+            _, _, pending = await _task.flush(self._source, timeout)
+        return self._flushed(pending, timeout)
 
     async def close(self, timeout: float | None = None) -> None:
         """Send what is queued (within ``timeout``, default ``shutdown_timeout``), then stop."""
@@ -99,7 +101,7 @@ class AsyncClient(BaseClient[AsyncTransport, SenderTask]):
         sender = self._sender
         if sender is not None and not sender.ended:
             await sender.stop(deadline)
-        self._finish_close(timeout)
+        self._finish_close(timeout, sender)
         await self._transport.aclose()
 
     def _close_at_exit(self) -> None:

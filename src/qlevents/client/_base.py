@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import enum
 import logging
+import math
 import os
 import threading
 import time
@@ -24,24 +25,19 @@ from qlevents._exceptions import ClientClosedError, TransportError
 from qlevents.client import _build
 from qlevents.client._batch import Source
 from qlevents.client._config import (
-    DEFAULT_ENDPOINT,
     FailureCallback,
     Options,
+    SpoolOptions,
     check_client_key,
+    resolve_endpoint,
 )
-from qlevents.client._delivery import (
-    NOT_DELIVERED,
-    Delivery,
-    SendResult,
-    Stats,
-    new_idempotency_key,
-)
+from qlevents.client._delivery import Delivery, SendResult, Stats, new_idempotency_key
+from qlevents.client._outcome import QUEUE_FULL, SPOOL_FULL, FlushResult
 from qlevents.client._queue import EventQueue
-from qlevents.client._sender import Sender, report_failures
+from qlevents.client._sender import Drops, Sender
 from qlevents.client._spool import Spool
 from qlevents.client._transport import AsyncTransport, Transport
 from qlevents.client._worker import Worker
-from qlevents.events import ErrorEntry
 
 log: Final = logging.getLogger("qlevents.client")
 
@@ -98,7 +94,7 @@ class BaseClient(_build.EventMethods, Generic[TransportT, SenderT]):
     def __init__(
         self,
         client_key: str,
-        endpoint: str = DEFAULT_ENDPOINT,
+        endpoint: str | None = None,
         *,
         timeout: float = Options.timeout,
         connect_timeout: float = Options.connect_timeout,
@@ -115,12 +111,14 @@ class BaseClient(_build.EventMethods, Generic[TransportT, SenderT]):
         shutdown_timeout: float = Options.shutdown_timeout,
         warn_interval: float = Options.warn_interval,
         spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int | None = SpoolOptions.max_bytes,
+        spool_max_events: int | None = SpoolOptions.max_events,
         on_failure: FailureCallback | None = None,
         transport: TransportT | None = None,
     ) -> None:
         self.client_key = check_client_key(client_key)
         self.options = Options(
-            endpoint=endpoint,
+            endpoint=resolve_endpoint(endpoint),
             timeout=timeout,
             connect_timeout=connect_timeout,
             max_queue_size=max_queue_size,
@@ -138,6 +136,8 @@ class BaseClient(_build.EventMethods, Generic[TransportT, SenderT]):
         )
         self.options.check()
         self.spool_dir = None if spool_dir is None else Path(spool_dir)
+        self.spool_options = SpoolOptions(spool_max_bytes, spool_max_events)
+        self.spool_options.check()
         self.on_failure = on_failure
         self._transport: TransportT = (
             transport if transport is not None else self._default_transport()
@@ -192,10 +192,15 @@ class BaseClient(_build.EventMethods, Generic[TransportT, SenderT]):
                 options.max_batch_events,
                 options.max_batch_bytes,
                 options.flush_interval,
+                cap_events=self.spool_options.max_events,
+                cap_bytes=self.spool_options.max_bytes,
             )
         self._source: Source = self._spool or self._queue
-        self._dropped_unreported = 0
-        self._last_drop_warning = -1e9
+        #: Events dropped on the way in, by cause, not logged yet; when each cause was last.
+        self._dropped_unreported: dict[str, int] = {}
+        self._last_drop_warning: dict[str, float] = {}
+        #: The outcomes tallied when the last flush() returned: the next reports from there.
+        self._flushed_outcomes: dict[str, int] = {}
 
     def _after_fork(self) -> None:
         """In a forked child: a fresh queue and sender; the parent's queue is the parent's."""
@@ -230,31 +235,50 @@ class BaseClient(_build.EventMethods, Generic[TransportT, SenderT]):
         if not self._sender_running():
             self._start_sender()
         if self._spool is not None:
-            self._spool.put(group)
-            self._stats.add(enqueued=len(group), spooled=len(group))
+            if self._spool.put(group):
+                self._stats.add(enqueued=len(group), spooled=len(group))
+            else:
+                self._drop(len(group), SPOOL_FULL)
         elif not self._queue.put_nowait(group):  # the queue counts what it takes
-            self._drop(len(group))
+            self._drop(len(group), QUEUE_FULL)
 
     def _start_sender(self) -> None:
         with self._lock:
             if not self._sender_running():
                 self._sender = self._new_sender()
 
-    def _drop(self, count: int) -> None:
-        self._stats.add(dropped=count)
+    def _drop(self, count: int, cause: str) -> None:
+        """Events refused on the way in (a full queue or spool): counted, and logged once,
+        then at most once per ``warn_interval``, with how many since."""
+        self._stats.add(dropped=count, **{f"dropped_{cause}": count})
         with self._lock:
-            self._dropped_unreported += count
+            count += self._dropped_unreported.pop(cause, 0)
             now = time.monotonic()
-            if now - self._last_drop_warning < self.options.warn_interval:
+            if now - self._last_drop_warning.get(cause, -math.inf) < self.options.warn_interval:
+                self._dropped_unreported[cause] = count
                 return
-            count, self._dropped_unreported = self._dropped_unreported, 0
-            self._last_drop_warning = now
-        log.warning(
-            "dropped %d events: the queue is full (max_queue_size=%d); the server is slow or"
-            " unreachable. A spool_dir keeps events on disk instead.",
-            count,
-            self.options.max_queue_size,
-        )
+            self._last_drop_warning[cause] = now
+        if cause == SPOOL_FULL:
+            assert self._spool is not None
+            events, nbytes = self._spool.size()
+            log.warning(
+                "dropped %d new events: the spool %s is full (%d events, %d bytes;"
+                " spool_max_events=%s, spool_max_bytes=%s); the server has been unreachable"
+                " or refusing for a while. The events in it are kept and sent first.",
+                count,
+                self.spool_dir,
+                events,
+                nbytes,
+                self.spool_options.max_events,
+                self.spool_options.max_bytes,
+            )
+        else:
+            log.warning(
+                "dropped %d events: the queue is full (max_queue_size=%d); the server is slow"
+                " or unreachable. A spool_dir keeps events on disk instead.",
+                count,
+                self.options.max_queue_size,
+            )
 
     # --- send(): around the request ------------------------------------------------------------
 
@@ -277,9 +301,9 @@ class BaseClient(_build.EventMethods, Generic[TransportT, SenderT]):
 
     def _send_result(self, delivery: Delivery) -> SendResult:
         self._stats.add(
-            sent=len(delivery.events),
-            processed=len(delivery.processed),
-            failed=len(delivery.failures),
+            handed_to_network=len(delivery.events),
+            stored=len(delivery.processed),
+            refused=len(delivery.failures),
         )
         if not delivery.answered_any:
             raise TransportError(f"the events were not delivered: {delivery.reason}")
@@ -300,13 +324,17 @@ class BaseClient(_build.EventMethods, Generic[TransportT, SenderT]):
             self._start_sender()
         return True
 
-    def _flushed(self, delivered: bool, pending: int, timeout: float) -> bool:
-        if not delivered:
-            if pending:
-                log.warning("flush: %d events still pending after %.1f s", pending, timeout)
-            else:
-                log.warning("flush: some events could not be delivered (see above)")
-        return delivered
+    def _flushed(self, pending: int, timeout: float) -> FlushResult:
+        """What became of the events since the previous flush returned."""
+        with self._lock:
+            outcomes = self._source.outcomes()
+            result = FlushResult.between(self._flushed_outcomes, outcomes, pending)
+            self._flushed_outcomes = outcomes
+        if pending:
+            log.warning("flush: %d events still pending after %.1f s", pending, timeout)
+        if not result:
+            log.warning("flush: not everything was stored: %s", result.describe())
+        return result
 
     def _begin_close(self) -> bool:
         """Mark the client closed; False when it was already."""
@@ -330,23 +358,42 @@ class BaseClient(_build.EventMethods, Generic[TransportT, SenderT]):
             worker.start()
         if worker is not None:
             worker.stop(deadline)
-        self._finish_close(timeout)
+        self._finish_close(timeout, worker)
 
-    def _finish_close(self, timeout: float) -> None:
+    def _finish_close(self, timeout: float, *senders: Sender | None) -> None:
+        """Account for what was not sent: one WARNING line per cause, however many events."""
+        drops = Drops()
+        last_failure = None
+        for sender in senders:
+            if sender is not None:
+                drops.merge(sender.closing_drops)
+                last_failure = last_failure or sender.last_failure
         left = self._queue.drain()
         if left:
-            self._stats.add(dropped=len(left))
-            log.warning("close: %d events dropped, not sent within %.1f s", len(left), timeout)
-            report_failures(
-                [(i, [_closed_error(timeout)]) for i in range(len(left))], left, self.on_failure
+            self._stats.add(dropped=len(left), dropped_undelivered=len(left))
+            # Not sent at all: for the reason the last try failed, if it did (an outage);
+            # else the server answered, only not fast enough for all of them.
+            cause, what = last_failure or ("not sent in time", "not sent in time")
+            drops.add(cause, what, left)
+        drops.report("close", self.on_failure, f"; shutdown_timeout ({timeout} s) ran out")
+        with self._lock:
+            unreported, self._dropped_unreported = self._dropped_unreported, {}
+        for cause, count in unreported.items():
+            full = "the spool" if cause == SPOOL_FULL else "the queue"
+            log.warning(
+                "close: %d more events were dropped since the last warning: %s was full",
+                count,
+                full,
             )
         if self._spool is not None:
             pending = self._spool.pending()
             if pending:
+                why = f" (the last try: {last_failure[1]})" if last_failure else ""
                 log.warning(
-                    "close: %d events stay in the spool %s; the next client on it sends them",
+                    "close: %d events stay in the spool %s%s; the next client on it sends them",
                     pending,
                     self.spool_dir,
+                    why,
                 )
             self._spool.close()
 
@@ -371,8 +418,11 @@ class BaseClient(_build.EventMethods, Generic[TransportT, SenderT]):
     # --- counters ------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Counters of this process: enqueued, sent, processed, failed, retried, dropped,
-        spooled, requests, and pending (queued, not answered yet)."""
+        """Counters of this process (docs/sdk.md, *Counters*). Events: ``enqueued``,
+        ``spooled``, ``handed_to_network``, ``stored``, ``refused``, ``dropped`` (and by
+        cause: ``dropped_queue_full``, ``dropped_spool_full``, ``dropped_undelivered``),
+        ``pending`` (queued, not answered yet). Tries: ``requests`` (answered by the
+        server), ``network_errors`` (no answer: refused, DNS, timeout), ``retried``."""
         counts = self._stats.snapshot()
         counts["enqueued"] += self._queue.enqueued
         counts["pending"] = self._source.pending()
@@ -380,9 +430,3 @@ class BaseClient(_build.EventMethods, Generic[TransportT, SenderT]):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.options.endpoint} {self._state.value}>"
-
-
-def _closed_error(timeout: float) -> ErrorEntry:
-    return ErrorEntry(
-        None, None, NOT_DELIVERED, f"the client was closed before it could send it ({timeout} s)."
-    )

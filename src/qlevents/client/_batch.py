@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from qlevents.client._build import Encoded
+from qlevents.client._outcome import Outcome, Tally
 from qlevents.client._signal import Signal
 
 
@@ -41,6 +42,9 @@ class Source(Protocol):
     ready: Signal
     #: Fired when a batch is settled, and on abort.
     settled: Signal
+    #: What became of this process's events that the source knows of by itself (a full
+    #: queue or spool, events dropped at close); ``outcomes()`` adds the settled batches.
+    tally: Tally
 
     @property
     def recheck(self) -> float:
@@ -54,8 +58,11 @@ class Source(Protocol):
         """The next batch if one is due; else seconds until one may be (inf: until
         ``ready`` fires); None when the sender should stop."""
 
-    def settle(self, batch: Batch, delivered: bool) -> None:
-        """The batch's fate is known (``delivered``: answered, else given up or aborted)."""
+    def settle(self, batch: Batch, outcome: Outcome) -> None:
+        """The batch's fate is known (``outcome.unanswered``: given up or aborted)."""
+
+    def outcomes(self) -> dict[str, int]:
+        """This process's events so far by the code of their outcome (``_outcome.py``)."""
 
     def resume(self, batch: Batch) -> None:
         """A batch taken but not settled (its sender was cancelled): hand it out again."""

@@ -17,6 +17,7 @@ from typing import Any
 from qlevents.client import _worker
 from qlevents.client._base import BaseClient
 from qlevents.client._delivery import SendResult
+from qlevents.client._outcome import FlushResult
 from qlevents.client._transport import Transport, default_transport
 from qlevents.client._worker import Worker
 
@@ -60,16 +61,19 @@ class Client(BaseClient[Transport, Worker]):
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything queued so far was answered; False on timeout.
+    def flush(self, timeout: float | None = None) -> FlushResult:
+        """Wait until everything queued so far was answered, and say what became of it.
 
-        ``timeout`` defaults to ``shutdown_timeout``: a flush never waits forever.
+        Returns a :class:`FlushResult`: the events stored, refused (answered, not stored)
+        and dropped since the previous flush returned, and those still pending after
+        ``timeout`` (default ``shutdown_timeout``: a flush never waits forever). It is true
+        only when every one was stored: ``if not client.flush(): ...``.
         """
-        if not self._flush_needed():
-            return True
         timeout = self._timeout(timeout)
-        delivered, pending = _worker.flush(self._source, timeout)
-        return self._flushed(delivered, pending, timeout)
+        pending = 0
+        if self._flush_needed():
+            _, _, pending = _worker.flush(self._source, timeout)
+        return self._flushed(pending, timeout)
 
     def close(self, timeout: float | None = None) -> None:
         """Send what is queued (within ``timeout``, default ``shutdown_timeout``), then stop."""

@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from qlevents._exceptions import ClientError
 from qlevents.events import MAX_BODY_BYTES, MAX_EVENTS_PER_REQUEST, ErrorEntry
 
-#: The endpoint the spec names; an account may be homed elsewhere (Settings > Integration).
-DEFAULT_ENDPOINT: Final = "https://evt.quicklizard.com/events"
+#: Where the endpoint comes from when the code gives none. There is no default endpoint: the
+#: events of a self-hosted installation must never leave for someone else's server.
+ENDPOINT_ENV: Final = "QLEVENTS_ENDPOINT"
 #: ``on_failure(event, errors)``: an event the server refused or that could not be delivered.
 FailureCallback = Callable[[dict[str, Any], Sequence[ErrorEntry]], None]
+
+
+def resolve_endpoint(endpoint: str | None, environ: Mapping[str, str] = os.environ) -> str:
+    """The endpoint given, else ``$QLEVENTS_ENDPOINT``; a ClientError naming both if neither."""
+    if endpoint is None or not endpoint.strip():
+        endpoint = environ.get(ENDPOINT_ENV, "").strip()
+    if not endpoint:
+        raise ClientError(
+            "no endpoint: pass endpoint='https://<your qlevents server>/events' or set the"
+            f" {ENDPOINT_ENV} environment variable (your account's endpoint: Settings >"
+            " Integration Settings). qlevents sends to no server by default."
+        )
+    return endpoint.strip()
 
 
 def check_client_key(client_key: object) -> str:
@@ -29,7 +45,8 @@ def check_client_key(client_key: object) -> str:
 class Options:
     """Every tunable of a client; see docs/sdk.md for what each one does."""
 
-    endpoint: str = DEFAULT_ENDPOINT
+    #: The events URL, from ``endpoint=`` or ``QLEVENTS_ENDPOINT`` (``resolve_endpoint``).
+    endpoint: str = ""
     #: Seconds to wait for a connection, and for each read/write of a request.
     connect_timeout: float = 1.0
     timeout: float = 2.5
@@ -89,3 +106,30 @@ class Options:
             )
         if not self.endpoint.lower().startswith(("http://", "https://")):
             raise ClientError(f"endpoint must be an http(s) URL; got {self.endpoint!r}")
+        if urlsplit(self.endpoint).path in ("", "/"):
+            # The server answers 404 there: every event would be refused.
+            raise ClientError(
+                f"endpoint is the events URL, with its path; got {self.endpoint!r}: did you"
+                f" mean {self.endpoint.rstrip('/') + '/events'!r}?"
+            )
+
+
+@dataclass(frozen=True)
+class SpoolOptions:
+    """The caps of a spool: at either, new events are dropped, counted and logged."""
+
+    #: The encoded size of the events it holds (the file is somewhat bigger: SQLite's
+    #: pages, its index and its WAL). 1 GiB: about five million events of 200 bytes.
+    max_bytes: int | None = 1024**3
+    #: How many events it holds; None: no cap by count.
+    max_events: int | None = None
+
+    def check(self) -> None:
+        for name, value in (
+            ("spool_max_bytes", self.max_bytes),
+            ("spool_max_events", self.max_events),
+        ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ClientError(f"{name} must be an integer or None; got {value!r}")
+            if value is not None and value < 1:
+                raise ClientError(f"{name} must be 1 or more (None: no cap); got {value!r}")

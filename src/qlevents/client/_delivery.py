@@ -7,6 +7,10 @@ exponential backoff and full jitter, honouring Retry-After, within a total budge
 the same Idempotency-Key on every retry of a request, so the server stores a batch once.
 The loops that do the I/O are a few lines each: ``run_delivery`` in ``_worker.py`` (a
 thread) and in ``_task.py`` (asyncio).
+
+A try the server answered is a request (``stats()["requests"]``); a try that got no answer
+(refused connection, DNS, timeout) is a network error, named by its cause
+(``_transport.cause_of``), never a request.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import msgspec
 from qlevents._exceptions import TransportError
 from qlevents.client._build import Encoded, as_dict, body
 from qlevents.client._config import Options
-from qlevents.client._transport import Answer
+from qlevents.client._outcome import NOT_DELIVERED, Outcome
+from qlevents.client._transport import Answer, cause_of
 from qlevents.events import ErrorEntry, EventsResponse, StoredEvent
 
 log: Final = logging.getLogger("qlevents.client")
@@ -47,9 +52,9 @@ class _Counted(msgspec.Struct):
 
 _decode_counts: Final = msgspec.json.Decoder(_Counted).decode
 RETRY_STATUSES: Final = frozenset({408, 425, 429})
-#: The client-side error code of an event that could not be delivered (no answer in time).
-NOT_DELIVERED: Final = "not_delivered"
 WRONG_ENDPOINT: Final = "wrong_endpoint"
+#: Why the events of a delivery given up at close got no answer, when no try had failed.
+CLOSED_REASON: Final = "the client was closed before the server answered"
 
 
 def new_idempotency_key() -> str:
@@ -72,8 +77,15 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
+#: The counters of ``stats()`` (and ``pending``, read from the source). Events: taken by
+#: view()/conversion()/enqueue() (``enqueued``), of those written to the spool (``spooled``),
+#: put in a request at least once (``handed_to_network``), stored, refused, dropped (by cause:
+#: a full queue or spool, or no answer in the retry budget or before close). Tries: answered
+#: by the server (``requests``), unanswered (``network_errors``), retried (``retried``).
 STAT_NAMES: Final = (
-    "enqueued", "sent", "processed", "failed", "retried", "dropped", "spooled", "requests",
+    "enqueued", "spooled", "handed_to_network", "stored", "refused", "dropped",
+    "dropped_queue_full", "dropped_spool_full", "dropped_undelivered",
+    "requests", "network_errors", "retried",
 )  # fmt: skip
 
 
@@ -168,10 +180,16 @@ class Delivery:
         self.processed: list[Any] = []
         #: (index in the input, the errors about it) for every event the server refused.
         self.failures: list[tuple[int, list[ErrorEntry]]] = []
-        #: Indexes of the events no answer was had for, and why.
+        #: Indexes of the events no answer was had for; why in a few words (``cause``, e.g.
+        #: "connection refused") and in full (``reason``).
         self.undelivered: list[int] = []
+        self.cause = ""
         self.reason = ""
         self.answered_any = False
+        #: The last try's failure (cause, description) while it is being retried, else None.
+        self.last_failure: tuple[str, str] | None = None
+        #: When each cause of a failed try was last logged at WARNING (repeats go to INFO).
+        self._warned: dict[str, float] = {}
         self._clock = clock
         self._deadline = clock() + budget
         self._queue: deque[Request] = deque(
@@ -202,6 +220,7 @@ class Delivery:
         seconds = time.perf_counter() - request.started
         self.stats.add(requests=1)
         request.tries += 1
+        self.last_failure = None
         status = answer.status
         parsed: EventsResponse | _Counted | None = None
         try:
@@ -221,8 +240,10 @@ class Delivery:
         )
         if status == 200 or status in RETRY_STATUSES or 500 <= status <= 599:
             wait = retry_after(answer.headers.get("retry-after"))
-            return self._retry(request, f"status {status} ({detail})", seconds, wait)
-        self._log_failure(request, f"status {status} ({detail})", seconds, None)
+            return self._retry(request, f"status {status}", f"({detail})", seconds, wait)
+        if status == 404:
+            detail += f"; is {request.url} the /events URL of your qlevents server?"
+        self._log_failure(request, f"status {status}", f"({detail})", seconds, None)
         self.answered_any = True
         if status == 413 and len(request.groups) > 1:
             self._split(request)
@@ -245,14 +266,22 @@ class Delivery:
         if not isinstance(error, TransportError):
             log.error("the transport raised %s", type(error).__name__, exc_info=error)
             error = TransportError(f"{type(error).__name__}: {error}")
-        self.stats.add(requests=1)
+        self.stats.add(network_errors=1)
         request.tries += 1
-        return self._retry(request, str(error), seconds, None)
+        return self._retry(request, cause_of(error), f"({error})", seconds, None)
 
-    def give_up(self, reason: str) -> None:
-        """Stop: whatever was not answered yet is not delivered."""
+    def give_up(self) -> None:
+        """The client closes: whatever was not answered yet is not delivered, for the
+        reason the last try failed (the client only gives up between tries)."""
+        cause, what = self.last_failure or (CLOSED_REASON, CLOSED_REASON)
         while self._queue:
-            self._abandon(self._queue.popleft(), reason)
+            self._abandon(self._queue.popleft(), cause, what)
+
+    def outcome(self) -> Outcome:
+        """The batch's outcome: each event not stored by the code of its first error."""
+        not_stored = {index: errors[0].code for index, errors in self.failures}
+        not_stored.update(dict.fromkeys(self.undelivered, NOT_DELIVERED))
+        return Outcome(len(self.processed), not_stored, unanswered=bool(self.undelivered))
 
     def not_delivered(self) -> list[tuple[int, list[ErrorEntry]]]:
         """The undelivered events, as failures with the client-side code ``not_delivered``."""
@@ -272,24 +301,27 @@ class Delivery:
     # --- decisions --------------------------------------------------------------------------
 
     def _retry(
-        self, request: Request, what: str, seconds: float, wait: float | None
+        self, request: Request, cause: str, detail: str, seconds: float, wait: float | None
     ) -> float | None:
         options = self.options
+        what = f"{cause} {detail}"
+        self.last_failure = (cause, what)
         backoff = random.uniform(
             0, min(options.backoff_cap, options.backoff_base * 2**request.tries)
         )
         delay = backoff if wait is None else max(backoff, min(wait, options.retry_after_cap))
         if self._clock() + delay > self._deadline:
-            self._log_failure(request, what, seconds, None)
+            self._log_failure(request, cause, detail, seconds, None)
             self._queue.popleft()
-            self._abandon(request, f"{what}; gave up after {request.tries} tries")
+            self._abandon(request, cause, f"{what}; gave up after {request.tries} tries")
             return None
-        self._log_failure(request, what, seconds, delay)
+        self._log_failure(request, cause, detail, seconds, delay)
         self.stats.add(retried=1)
         return delay
 
-    def _abandon(self, request: Request, reason: str) -> None:
+    def _abandon(self, request: Request, cause: str, reason: str) -> None:
         self.undelivered.extend(request.origins)
+        self.cause = cause
         self.reason = reason
 
     def _split(self, request: Request) -> None:
@@ -388,16 +420,30 @@ class Delivery:
             )
 
     def _log_failure(
-        self, request: Request, what: str, seconds: float, delay: float | None
+        self, request: Request, cause: str, detail: str, seconds: float, delay: float | None
     ) -> None:
+        # A WARNING for each new cause, and for the same one again after warn_interval;
+        # INFO in between: an outage is a line, not a line per try.
+        now = time.monotonic()
+        level = logging.WARNING
+        if delay is not None and now - self._warned.get(cause, -math.inf) < (
+            self.options.warn_interval
+        ):
+            level = logging.INFO
+        elif delay is not None:
+            self._warned[cause] = now
+        if not log.isEnabledFor(level):
+            return
         then = f"retrying in {delay:.2f} s" if delay is not None else "not retried"
-        log.warning(
-            "POST %s: %d events, %d bytes, try %d failed after %.3f s: %s; %s",
+        log.log(
+            level,
+            "POST %s: %d events, %d bytes, try %d failed after %.3f s: %s %s; %s",
             request.url,
             len(request.events),
             len(request.body),
             request.tries,
             seconds,
-            what,
+            cause,
+            detail,
             then,
         )

@@ -16,6 +16,7 @@ from typing import Final
 
 from qlevents.client._batch import Batch, FlushMark
 from qlevents.client._build import Encoded
+from qlevents.client._outcome import NOT_DELIVERED, QUEUE_FULL, Outcome, Tally
 from qlevents.client._signal import Signal
 
 #: A queued group: its encoded events, their encoded size, the sequence number of its last.
@@ -60,6 +61,7 @@ class EventQueue:
         self.interval = interval
         self.ready = Signal()
         self.settled = Signal()
+        self.tally = Tally()
         self._lock = threading.Lock()
         self._groups: deque[QueuedGroup] = deque()
         self._resumed: deque[Batch] = deque()  # taken, not settled, to be sent again
@@ -83,6 +85,7 @@ class EventQueue:
         size = len(group[0]) if count == 1 else sum(map(len, group))
         with self._lock:
             if self._size + count > self.maxsize:
+                self.tally.add(QUEUE_FULL, count)
                 return False
             before, before_bytes = self._size, self._bytes
             if not before:
@@ -127,12 +130,16 @@ class EventQueue:
                 self._oldest = time.monotonic()
             return Batch(events, groups, last_seq=last)
 
-    def settle(self, batch: Batch, delivered: bool) -> None:
+    def settle(self, batch: Batch, outcome: Outcome) -> None:
         with self._lock:
+            self.tally.add_outcome(outcome)  # before the flush waiting for it can look
             self._done_seq = max(self._done_seq, batch.last_seq)
-            if not delivered:
+            if outcome.unanswered:
                 self._lost += len(batch.events)
         self.settled.fire()
+
+    def outcomes(self) -> dict[str, int]:
+        return self.tally.snapshot()
 
     def resume(self, batch: Batch) -> None:
         with self._lock:
@@ -185,5 +192,6 @@ class EventQueue:
             self._groups.clear()
             self._size = self._bytes = 0
             self._done_seq = self._seq
+            self.tally.add(NOT_DELIVERED, len(events))
         self.settled.fire()
         return events

@@ -8,6 +8,16 @@ or kernel crash can lose the last commits. A batch is formed and its Idempotency
 same key and the server stores it once. One process at a time sends from a spool: the one
 holding the lock file (``flock``, released by the kernel when its holder dies); the others
 only write to it. ``Client`` and ``AsyncClient`` use it alike: the format is one.
+
+It is bounded: at ``max_bytes`` (the events' encoded size) or ``max_events``, new events are
+refused, not old ones evicted: an event the spool took is never thrown away afterwards (its
+batch may be on the wire, its key committed), as the memory queue refuses when full. The
+totals are kept by triggers, so the check is one conditional INSERT whoever wrote before.
+
+Each process writes its rows under an owner id of its own, and whichever process sends them
+tallies their outcome (stored, or the code they were refused with) under that owner, in the
+transaction that deletes them: ``flush()`` in a process that does not send learns what
+became of its own events.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Final
 
@@ -25,6 +36,7 @@ import msgspec
 from qlevents.client._batch import Batch, FlushMark
 from qlevents.client._build import Encoded
 from qlevents.client._delivery import new_idempotency_key
+from qlevents.client._outcome import SPOOL_FULL, STORED, Outcome, Tally
 from qlevents.client._signal import Signal
 
 SPOOL_FILE: Final = "qlevents-spool.sqlite3"
@@ -35,14 +47,41 @@ CREATE TABLE IF NOT EXISTS groups (
     events  BLOB    NOT NULL,   -- the group's encoded events joined by ","
     count   INTEGER NOT NULL,
     created REAL    NOT NULL,
-    batch   INTEGER             -- NULL until it is put in a batch
+    batch   INTEGER,            -- NULL until it is put in a batch
+    owner   INTEGER             -- the Spool (process) that put it
 );
 CREATE INDEX IF NOT EXISTS groups_by_batch ON groups (batch);
 CREATE TABLE IF NOT EXISTS batches (
     id   INTEGER PRIMARY KEY AUTOINCREMENT,
     key  TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS outcomes (
+    owner INTEGER NOT NULL,
+    code  TEXT    NOT NULL,     -- "stored", or the error code an event was refused with
+    count INTEGER NOT NULL,
+    PRIMARY KEY (owner, code)
+);
+CREATE TABLE IF NOT EXISTS totals (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    events INTEGER NOT NULL,
+    bytes  INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS totals_on_put AFTER INSERT ON groups BEGIN
+    UPDATE totals SET events = events + new.count, bytes = bytes + length(new.events);
+END;
+CREATE TRIGGER IF NOT EXISTS totals_on_delete AFTER DELETE ON groups BEGIN
+    UPDATE totals SET events = events - old.count, bytes = bytes - length(old.events);
+END;
+INSERT OR IGNORE INTO totals (id, events, bytes)
+    SELECT 1, COALESCE(SUM(count), 0), COALESCE(SUM(length(events)), 0) FROM groups;
 """
+#: Put a group, unless it would take the spool past a cap.
+_PUT: Final = """
+INSERT INTO groups (events, count, created, owner) SELECT :events, :count, :created, :owner
+WHERE (SELECT events + :count <= :cap_events AND bytes + length(:events) <= :cap_bytes
+       FROM totals)
+"""
+_UNBOUNDED: Final = 2**62
 #: Stale connections of a parent process: never closed in a forked child (SQLite forbids it).
 _inherited: list[Any] = []
 
@@ -54,18 +93,31 @@ class Spool:
     recheck: Final = 0.05
 
     def __init__(
-        self, directory: str | os.PathLike[str], max_events: int, max_bytes: int, interval: float
+        self,
+        directory: str | os.PathLike[str],
+        max_events: int,
+        max_bytes: int,
+        interval: float,
+        *,
+        cap_events: int | None = None,
+        cap_bytes: int | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.interval = interval
+        self.cap_events = _UNBOUNDED if cap_events is None else cap_events
+        self.cap_bytes = _UNBOUNDED if cap_bytes is None else cap_bytes
         self.ready = Signal()
         self.settled = Signal()
+        self.tally = Tally()
+        self.owner = int.from_bytes(os.urandom(8)) >> 1  # a positive SQLite integer
         self._db_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._conn = self._connect()
+        #: Once closed: (events, bytes) left in it, and this process's tally.
+        self._closed: tuple[tuple[int, int], dict[str, int]] | None = None
         self._lock_fd: int | None = None
         # What is in the spool already counts as queued: flush() waits for it too.
         self._sender_idle = True
@@ -87,7 +139,20 @@ class Spool:
         )
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.executescript(_SCHEMA)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(groups)")}
+            if columns and "owner" not in columns:  # a spool made before the tally
+                conn.execute("ALTER TABLE groups ADD COLUMN owner INTEGER")
+            conn.execute("COMMIT")
+            # One transaction: the totals start from the rows there are, and count every
+            # row put from then on, whichever process puts it.
+            conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.close()
+            raise
         return conn
 
     def abandon(self) -> None:
@@ -98,21 +163,39 @@ class Spool:
             self._lock_fd = None
 
     def close(self) -> None:
+        size, outcomes = self.size(), self.outcomes()
         with self._db_lock:
+            # Nobody else reads this process's tally; rows of a process that died stay
+            # (one per outcome code: a few bytes).
+            self._conn.execute("DELETE FROM outcomes WHERE owner = ?", (self.owner,))
             self._conn.close()
+            self._closed = (size, outcomes)  # what stats() and flush() say from now on
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
 
     # --- the caller's side -------------------------------------------------------------------
 
-    def put(self, group: tuple[Encoded, ...]) -> None:
-        """Store a group durably (committed when this returns)."""
+    def put(self, group: tuple[Encoded, ...]) -> bool:
+        """Store a group durably (committed when this returns); False (and tallied
+        ``spool_full``) when it would take the spool past its cap."""
+        data = b",".join(group)
+        count = len(group)
         with self._db_lock:
             cursor = self._conn.execute(
-                "INSERT INTO groups (events, count, created) VALUES (?, ?, ?)",
-                (b",".join(group), len(group), time.time()),
+                _PUT,
+                {
+                    "events": data,
+                    "count": count,
+                    "created": time.time(),
+                    "owner": self.owner,
+                    "cap_events": self.cap_events,
+                    "cap_bytes": self.cap_bytes,
+                },
             )
+            if not cursor.rowcount:
+                self.tally.add(SPOOL_FULL, count)
+                return False
             self._last_put = cursor.lastrowid or self._last_put
             self._unannounced += len(group)
             # Wake the sender when it sleeps on an empty spool or a batch is full; otherwise
@@ -123,11 +206,30 @@ class Spool:
                 self._unannounced = 0
         if wake:
             self.ready.fire()
+        return True
 
     def pending(self) -> int:
+        return self.size()[0]
+
+    def size(self) -> tuple[int, int]:
+        """(events, bytes) in the spool, from every process."""
         with self._db_lock:
-            row = self._conn.execute("SELECT COALESCE(SUM(count), 0) FROM groups").fetchone()
-        return int(row[0])
+            if self._closed is not None:
+                return self._closed[0]
+            events, nbytes = self._conn.execute("SELECT events, bytes FROM totals").fetchone()
+        return int(events), int(nbytes)
+
+    def outcomes(self) -> dict[str, int]:
+        with self._db_lock:
+            if self._closed is not None:
+                return dict(self._closed[1])
+            rows = self._conn.execute(
+                "SELECT code, count FROM outcomes WHERE owner = ?", (self.owner,)
+            ).fetchall()
+        counts = self.tally.snapshot()
+        for code, count in rows:
+            counts[code] = counts.get(code, 0) + int(count)
+        return counts
 
     def begin_flush(self) -> FlushMark:
         with self._state_lock:
@@ -237,13 +339,27 @@ class Spool:
             groups.append(count)
         return Batch(events, groups, key=key, spool_id=batch_id)
 
-    def settle(self, batch: Batch, delivered: bool) -> None:
-        if delivered:
+    def settle(self, batch: Batch, outcome: Outcome) -> None:
+        if not outcome.unanswered:
             with self._db_lock:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.execute("DELETE FROM groups WHERE batch = ?", (batch.spool_id,))
-                self._conn.execute("DELETE FROM batches WHERE id = ?", (batch.spool_id,))
-                self._conn.execute("COMMIT")
+                conn = self._conn
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    rows = conn.execute(
+                        "SELECT owner, count FROM groups WHERE batch = ? ORDER BY id",
+                        (batch.spool_id,),
+                    ).fetchall()
+                    conn.executemany(
+                        "INSERT INTO outcomes (owner, code, count) VALUES (?, ?, ?)"
+                        " ON CONFLICT (owner, code) DO UPDATE SET count = count + excluded.count",
+                        _by_owner(rows, outcome),
+                    )
+                    conn.execute("DELETE FROM groups WHERE batch = ?", (batch.spool_id,))
+                    conn.execute("DELETE FROM batches WHERE id = ?", (batch.spool_id,))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
         self.settled.fire()
 
     def resume(self, batch: Batch) -> None:
@@ -256,6 +372,19 @@ class Spool:
             self._aborting = self._aborting or abort
         self.ready.fire()
         self.settled.fire()
+
+
+def _by_owner(rows: list[tuple[int | None, int]], outcome: Outcome) -> list[tuple[int, str, int]]:
+    """(owner, code, events) for a settled batch: its rows' owners, in the order its events
+    were sent, each event's code from ``outcome`` (``stored`` unless it names another)."""
+    counts: Counter[tuple[int, str]] = Counter()
+    index = 0
+    for owner, count in rows:
+        for _ in range(count):
+            if owner is not None:  # a row put by a qlevents that did not tally
+                counts[owner, outcome.not_stored.get(index, STORED)] += 1
+            index += 1
+    return [(owner, code, count) for (owner, code), count in counts.items()]
 
 
 def _split_fragment(fragment: bytes, count: int) -> list[Encoded]:

@@ -21,7 +21,6 @@ from qlevents.client._config import FailureCallback, Options
 from qlevents.client._delivery import Delivery, Stats
 from qlevents.client._sender import PAUSE_AFTER_ERROR, Sender
 from qlevents.client._transport import AsyncTransport
-from qlevents.client._worker import CLOSED_REASON
 
 log: Final = logging.getLogger("qlevents.client")
 
@@ -41,7 +40,7 @@ async def run_delivery(
         else:
             delay = delivery.answered(request, answer)
         if delay is not None and not await sleep(delay):
-            delivery.give_up(CLOSED_REASON)
+            delivery.give_up()
     return delivery
 
 
@@ -68,8 +67,9 @@ async def sleep(source: Source, seconds: float) -> bool:
         await source.settled.wait_async(mark, left)
 
 
-async def flush(source: Source, timeout: float) -> tuple[bool, int]:
-    """Wait until what is queued now is settled; (all delivered, how many pending)."""
+async def flush(source: Source, timeout: float) -> tuple[bool, bool, int]:
+    """Wait until what is queued now is settled, at most ``timeout`` seconds;
+    (finished, all answered, how many of them are pending)."""
     deadline = time.monotonic() + timeout
     flushing = source.begin_flush()
     try:
@@ -78,7 +78,7 @@ async def flush(source: Source, timeout: float) -> tuple[bool, int]:
             finished, delivered, pending = source.flush_state(flushing)
             left = deadline - time.monotonic()
             if finished or left <= 0:
-                return delivered, pending
+                return finished, delivered, pending
             await source.settled.wait_async(mark, min(left, source.recheck))
     finally:
         source.end_flush()

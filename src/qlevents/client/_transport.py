@@ -13,6 +13,7 @@ to :class:`HTTPXTransport`, which honours proxies. ``AsyncClient`` uses httpx's 
 from __future__ import annotations
 
 import asyncio
+import errno
 import http.client
 import os
 import select
@@ -22,7 +23,7 @@ import threading
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from qlevents._version import __version__
@@ -32,6 +33,46 @@ if TYPE_CHECKING:  # httpx is imported when first used: it takes ~40 ms (rich, c
 from qlevents._exceptions import TransportError
 
 USER_AGENT = f"qlevents-python/{__version__}"
+
+
+#: httpx's timeouts, by name: httpx is imported only when used.
+_TIMEOUTS: Final = frozenset({"ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout"})
+
+
+class NoConnection(TransportError):
+    """No connection could be opened (refused, DNS, connect timeout, TLS handshake)."""
+
+
+def cause_of(error: BaseException) -> str:
+    """Why a try got no answer, in a few words, from ``error`` and what it wraps: the
+    transports raise TransportError from the socket's, http.client's or httpx's error."""
+    chain: list[BaseException] = []
+    link: BaseException | None = error
+    while link is not None and link not in chain:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    names = {type(link).__name__ for link in chain}
+    connecting = any(isinstance(link, NoConnection) for link in chain) or bool(
+        names & {"ConnectError", "ConnectTimeout"}
+    )
+    for link in chain:
+        if isinstance(link, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(link, socket.gaierror):
+            return "DNS lookup failed"
+        if isinstance(link, ssl.SSLCertVerificationError):
+            return "TLS certificate not trusted"
+        if isinstance(link, ssl.SSLError):
+            return "TLS error"
+        if isinstance(link, OSError) and link.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return "network unreachable"
+    if names & _TIMEOUTS or any(isinstance(link, TimeoutError) for link in chain):
+        return "connect timeout" if connecting else "timeout waiting for the answer"
+    if names & {"ConnectionResetError", "BrokenPipeError", "ConnectionAbortedError"}:
+        return "connection reset"
+    if names & {"RemoteDisconnected", "RemoteProtocolError", "IncompleteRead"}:
+        return "connection closed before the answer"
+    return "could not connect" if connecting else "network error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,17 +170,18 @@ class HTTPTransport(Transport):
         port = parts.port or (443 if scheme == "https" else 80)
         origin = (scheme, parts.hostname or "", port)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        connection: http.client.HTTPConnection | None = None
         try:
             connection = self._checkout(origin)
+        except OSError as exc:
+            raise NoConnection(f"{type(exc).__name__}: {exc or 'no detail'}") from exc
+        try:
             connection.request(
                 "POST", target, body=body, headers={"user-agent": USER_AGENT, **headers}
             )
             response = connection.getresponse()
             content = response.read()
         except (OSError, http.client.HTTPException) as exc:
-            if connection is not None:
-                connection.close()
+            connection.close()
             raise TransportError(f"{type(exc).__name__}: {exc or 'no detail'}") from exc
         answer = Answer(response.status, content, {k.lower(): v for k, v in response.getheaders()})
         if response.will_close:

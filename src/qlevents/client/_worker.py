@@ -22,7 +22,6 @@ from qlevents.client._sender import PAUSE_AFTER_ERROR, Sender
 from qlevents.client._transport import Transport
 
 log: Final = logging.getLogger("qlevents.client")
-CLOSED_REASON: Final = "the client was closed before the server answered"
 
 
 def run_delivery(
@@ -37,7 +36,7 @@ def run_delivery(
         else:
             delay = delivery.answered(request, answer)
         if delay is not None and not sleep(delay):
-            delivery.give_up(CLOSED_REASON)
+            delivery.give_up()
     return delivery
 
 
@@ -64,8 +63,9 @@ def sleep(source: Source, seconds: float) -> bool:
         source.settled.wait(mark, left)
 
 
-def flush(source: Source, timeout: float) -> tuple[bool, int]:
-    """Wait until what is queued now is settled; (all delivered, how many pending)."""
+def flush(source: Source, timeout: float) -> tuple[bool, bool, int]:
+    """Wait until what is queued now is settled, at most ``timeout`` seconds;
+    (finished, all answered, how many of them are pending)."""
     deadline = time.monotonic() + timeout
     flushing = source.begin_flush()
     try:
@@ -74,7 +74,7 @@ def flush(source: Source, timeout: float) -> tuple[bool, int]:
             finished, delivered, pending = source.flush_state(flushing)
             left = deadline - time.monotonic()
             if finished or left <= 0:
-                return delivered, pending
+                return finished, delivered, pending
             source.settled.wait(mark, min(left, source.recheck))
     finally:
         source.end_flush()

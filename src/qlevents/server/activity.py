@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 
@@ -48,6 +48,7 @@ KEEP_MINUTES_DAYS: Final = 8
 _key_of_stored: Final = attrgetter("client_key")
 _encode: Final = msgspec.json.Encoder().encode
 log: Final = logging.getLogger("qlevents.activity")
+Count = Annotated[int, msgspec.Meta(ge=0)]
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS counts (
@@ -74,19 +75,20 @@ CREATE INDEX IF NOT EXISTS live_account ON live (account, id);
 
 
 class ActivitySettings(msgspec.Struct, frozen=True, kw_only=True):
-    """The ledger's bounds (read from ``QLEVENTS_*`` variables by the dashboard)."""
+    """The ledger's bounds: the group ``dashboard.activity`` of the server's settings, so
+    each is a ``qlevents serve`` option, a ``QLEVENTS_*`` variable and a config file key."""
 
     #: Live events kept per account per second (per worker); above it, a counted sample.
-    live_per_second: int = 20
+    live_per_second: Count = 20
     #: Newest live events kept per account.
-    live_keep: int = 500
+    live_keep: Count = 500
     #: Failed events kept as sent per account per second (per worker); all are counted.
-    failed_per_second: int = 20
+    failed_per_second: Count = 20
     #: Newest failed events kept per account, and for how many days.
-    failed_keep: int = 1000
-    failed_days: float = 7.0
-    #: Seconds between two flushes into the ledger's file.
-    flush_seconds: float = 1.0
+    failed_keep: Count = 1000
+    failed_days: Annotated[float, msgspec.Meta(ge=0)] = 7.0
+    #: Seconds between two writes of what the recorder counted into the ledger's file.
+    activity_flush_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1.0
 
 
 class _KeyOnly(msgspec.Struct):
@@ -263,7 +265,7 @@ class ActivityRecorder:
 
     async def _flush_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.flush_seconds)
+            await asyncio.sleep(self.settings.activity_flush_seconds)
             try:
                 await asyncio.to_thread(self.flush)
             except Exception:  # the ledger must never take the service down
@@ -327,19 +329,27 @@ class Totals:
 class ActivityLedger:
     """``<data-dir>/activity.sqlite3``: written by the recorders, read by the dashboard."""
 
-    def __init__(self, data_dir: str | Path) -> None:
+    def __init__(self, data_dir: str | Path, *, readonly: bool = False) -> None:
+        """``readonly``: for a command that reads (the file must exist; nothing is created)."""
         path = Path(data_dir)
-        path.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(
-            path / ACTIVITY_FILE, isolation_level=None, check_same_thread=False
-        )
+        if readonly:
+            uri = (path / ACTIVITY_FILE).absolute().as_uri() + "?mode=ro"
+            self._conn = sqlite3.connect(
+                uri, uri=True, isolation_level=None, check_same_thread=False
+            )
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                path / ACTIVITY_FILE, isolation_level=None, check_same_thread=False
+            )
         # One connection shared by the flusher's and the dashboard's threads: one at a time.
         self._lock = threading.Lock()
         self._conn.execute("PRAGMA busy_timeout = 5000")
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        # Counters, not acknowledged events: losing the last second in a power cut is fine.
-        self._conn.execute("PRAGMA synchronous = NORMAL")
-        self._conn.executescript(_SCHEMA)
+        if not readonly:
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            # Counters, not acknowledged events: losing the last second in a power cut is fine.
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.executescript(_SCHEMA)
         self._pruned = 0.0
 
     def close(self) -> None:
@@ -418,8 +428,9 @@ class ActivityLedger:
                 if now - self._pruned >= 60:
                     self._prune(now, settings)
                     self._pruned = now
-                elif live:
+                else:  # the counts bounds hold after every write, the ages' every minute
                     self._trim_live({row[0] for row in live}, settings.live_keep)
+                    self._trim_failed({row[0] for row in failed}, settings.failed_keep)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -433,6 +444,14 @@ class ActivityLedger:
                 (acc, acc, keep),
             )
 
+    def _trim_failed(self, accounts: set[str], keep: int) -> None:
+        for acc in accounts:
+            self._conn.execute(
+                "DELETE FROM failed_events WHERE account = ? AND id <= (SELECT id FROM"
+                " failed_events WHERE account = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (acc, acc, keep),
+            )
+
     def _prune(self, now: float, settings: ActivitySettings) -> None:
         oldest_minute = int(now // 60) - KEEP_MINUTES_DAYS * 1440
         self._conn.execute("DELETE FROM counts WHERE minute < ?", (oldest_minute,))
@@ -440,14 +459,10 @@ class ActivityLedger:
         self._conn.execute(
             "DELETE FROM failed_events WHERE received_at < ?", (now - settings.failed_days * 86400,)
         )
-        accounts = [row[0] for row in self._conn.execute("SELECT DISTINCT account FROM live")]
-        self._trim_live(set(accounts), settings.live_keep)
-        for (acc,) in self._conn.execute("SELECT DISTINCT account FROM failed_events").fetchall():
-            self._conn.execute(
-                "DELETE FROM failed_events WHERE account = ? AND id <= (SELECT id FROM"
-                " failed_events WHERE account = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (acc, acc, settings.failed_keep),
-            )
+        live = self._conn.execute("SELECT DISTINCT account FROM live").fetchall()
+        self._trim_live({acc for (acc,) in live}, settings.live_keep)
+        failed = self._conn.execute("SELECT DISTINCT account FROM failed_events").fetchall()
+        self._trim_failed({acc for (acc,) in failed}, settings.failed_keep)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -578,9 +593,12 @@ class ActivityLedger:
             FailedEvent(i, at, bytes(b), json.loads(e)) for i, at, b, e in self._query(sql, params)
         ]
 
-    def export_failed(self, account: str | None = None) -> Iterator[bytes]:
-        """Every kept failed event, oldest first, as NDJSON lines: ``{"received_at",
-        "account", "event" (as sent), "errors"}`` (``qlevents events export --failed``)."""
+    def export_failed(
+        self, account: str | None = None, client_key: str | None = None
+    ) -> Iterator[bytes]:
+        """Every kept failed event (of one account; sent with one client key), oldest first,
+        as NDJSON lines: ``{"received_at", "account" (its id; null for a key no account has),
+        "event" (as sent), "errors"}`` (``qlevents events export --failed``)."""
         after = 0
         while True:
             where = "id > ?" + ("" if account is None else " AND account = ?")
@@ -593,9 +611,11 @@ class ActivityLedger:
             )
             for row_id, acc, at, body, errors in rows:
                 after = row_id
+                if client_key is not None and _peek(bytes(body))[0] != client_key:
+                    continue
                 line = {
                     "received_at": _rfc3339(at),
-                    "account": acc,
+                    "account": acc or None,  # None: a key no account has
                     "event": msgspec.Raw(_one_line(bytes(body))),
                     "errors": msgspec.Raw(errors.encode()),
                 }

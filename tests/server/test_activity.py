@@ -113,6 +113,17 @@ class TestBounds:
         assert len(ledger.live("acc_a")) == 5
         assert ledger.totals("acc_a", time.time() - 60).live_skipped == 3
 
+    def test_processed_and_failed_share_the_live_rate(self, ledger: ActivityLedger) -> None:
+        """live_per_second counts both outcomes; what it leaves out of either is counted."""
+        recorder = _recorder(ledger, live_per_second=2)
+        pairs = [_failed("qlk_a", "invalid_type", index=i) for i in range(3)]
+        now = time.time()
+        recorder.record(_stored("qlk_a", 1), [r for r, _ in pairs], [e for _, e in pairs], now, now)
+        recorder.flush()
+        assert [e.outcome for e in ledger.live("acc_a")] == ["failed", "processed"]
+        totals = ledger.totals("acc_a", now - 60)
+        assert (totals.processed, totals.failed, totals.live_skipped) == (1, 3, 2)
+
     def test_live_ring_keeps_the_newest(self, ledger: ActivityLedger) -> None:
         """Only live_keep events per account stay, the newest."""
         recorder = _recorder(ledger, live_keep=4)

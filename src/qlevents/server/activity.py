@@ -99,7 +99,7 @@ class _KeyOnly(msgspec.Struct):
 _read_key: Final = msgspec.json.Decoder(_KeyOnly).decode
 
 
-def _peek(raw: bytes) -> tuple[str | None, str]:
+def _peek(raw: bytes | msgspec.Raw) -> tuple[str | None, str]:
     """The client key (if a string) and product id (as text) of a failed event as sent."""
     try:
         found = _read_key(raw)
@@ -110,25 +110,34 @@ def _peek(raw: bytes) -> tuple[str | None, str]:
     return key, product[:256]
 
 
+#: A key's slot in :class:`_Pending`: [processed events, last event's time, requests with
+#: processed events, their lag's total, its worst, live events it may still show]. A list,
+#: updated in place by index: the cheapest thing the request path can do.
+Slot = list[float]
+
+
 @dataclass(slots=True)
 class _Pending:
     """What one flush interval accumulated, by client key ("" for no readable key)."""
 
+    live_per_second: int
     started: float = field(default_factory=time.time)
-    processed: Counter[str] = field(default_factory=Counter)
+    keys: dict[str, Slot] = field(default_factory=dict)
     failed: Counter[tuple[str, str]] = field(default_factory=Counter)
     wrong_endpoint: Counter[tuple[str, str]] = field(default_factory=Counter)
-    live_skipped: Counter[str] = field(default_factory=Counter)
-    last_event: dict[str, float] = field(default_factory=dict)
-    lag: dict[str, list[float]] = field(default_factory=dict)  # key -> [n, total, worst]
     # (key, at, outcome, code, product_id, body (a stored event is encoded at flush), errors)
     live: list[tuple[str, float, str, str, str, str | StoredEvent, str]] = field(
         default_factory=list
     )
-    live_left: dict[str, int] = field(default_factory=dict)
     # (key, received_at, body as sent, errors json)
     failed_events: list[tuple[str, float, bytes, str]] = field(default_factory=list)
     failed_left: dict[str, int] = field(default_factory=dict)
+
+    def slot(self, key: str) -> Slot:
+        found = self.keys.get(key)
+        if found is None:
+            found = self.keys[key] = [0, 0.0, 0, 0.0, 0.0, self.live_per_second]
+        return found
 
 
 class ActivityRecorder:
@@ -146,7 +155,8 @@ class ActivityRecorder:
         self.ledger = ledger
         self.resolve = resolve
         self.settings = settings or ActivitySettings()
-        self._pending = _Pending()
+        self._pending = _Pending(self.settings.live_per_second)
+        self._keys = self._pending.keys
         self._key_uses = key_uses
         self._uses: dict[str, float] = {}
         self._uses_written = 0.0
@@ -162,60 +172,47 @@ class ActivityRecorder:
     ) -> None:
         """One answered request: its stored events, its failed events as sent and the errors
         (in request order, as the answer holds them), when it was received (Unix time) and
-        when its events were durable."""
-        pending = self._pending
+        when its events were durable. Called on the event loop (the flusher takes what it
+        holds there too)."""
         if processed:
-            first = processed[0].client_key
-            if len(processed) == 1 or (
-                first == processed[-1].client_key and all(e.client_key == first for e in processed)
-            ):
-                self._processed(pending, first, processed, received_at, durable_at)
+            key = processed[0].client_key
+            n = len(processed)
+            if n == 1 or len(set(map(_key_of_stored, processed))) == 1:
+                # The request path's usual case, kept to a dict lookup and a few updates.
+                slot = self._keys.get(key)
+                if slot is None:
+                    slot = self._pending.slot(key)
+                slot[0] += n
+                slot[1] = received_at
+                slot[2] += 1
+                spent = durable_at - received_at
+                slot[3] += spent
+                if spent > slot[4]:  # noqa: PLR1730 (cheaper than calling max)
+                    slot[4] = spent
+                if slot[5] > 0:
+                    self._live(key, slot, processed, received_at)
             else:  # several accounts in one request (rare): one group each
                 groups: dict[str, list[StoredEvent]] = {}
                 for event in processed:
                     groups.setdefault(event.client_key, []).append(event)
-                for key, events in groups.items():
-                    self._processed(pending, key, events, received_at, durable_at)
+                for events in groups.values():
+                    self.record(events, [], [], received_at, durable_at)
         if failed:
-            self._failed(pending, failed, errors, received_at)
+            self._failed(failed, errors, received_at)
 
-    def _processed(
-        self,
-        pending: _Pending,
-        key: str,
-        events: list[StoredEvent],
-        received_at: float,
-        durable_at: float,
-    ) -> None:
-        pending.processed[key] += len(events)
-        pending.last_event[key] = received_at
-        lag = pending.lag.get(key)
-        spent = durable_at - received_at
-        if lag is None:
-            pending.lag[key] = [1, spent, spent]
-        else:
-            lag[0] += 1
-            lag[1] += spent
-            lag[2] = max(lag[2], spent)
-        left = pending.live_left.get(key, self.settings.live_per_second)
-        if left < len(events):
-            pending.live_skipped[key] += len(events) - left
-        if left > 0:
-            kept = events[-left:] if left < len(events) else events
-            pending.live_left[key] = left - len(kept)
-            for event in kept:  # encoded at flush time, off the request's path
-                pending.live.append(
-                    (key, received_at, PROCESSED, "", event.product_id, event, "[]")
-                )
+    def _live(self, key: str, slot: Slot, events: list[StoredEvent], received_at: float) -> None:
+        left = int(slot[5])
+        kept = events[-left:] if left < len(events) else events
+        slot[5] = left - len(kept)
+        live = self._pending.live
+        for event in kept:  # encoded at flush time, off the request's path
+            live.append((key, received_at, PROCESSED, "", event.product_id, event, "[]"))
 
     def _failed(
-        self,
-        pending: _Pending,
-        failed: list[msgspec.Raw],
-        errors: list[ErrorEntry],
-        received_at: float,
+        self, failed: list[msgspec.Raw], errors: list[ErrorEntry], received_at: float
     ) -> None:
         # Failures take the slow path already; here each is read for its key and grouped.
+        pending = self._pending
         by_event: list[list[ErrorEntry]] = []
         index = None
         for error in errors:
@@ -226,12 +223,12 @@ class ActivityRecorder:
                 by_event.append([])
             by_event[-1].append(error)
         for raw, problems in zip(failed, by_event, strict=False):
-            body = bytes(raw)
-            key, product = _peek(body)
+            key, product = _peek(raw)
             who = key or ""
             first = problems[0].code
             pending.failed[who, first] += 1
-            pending.last_event[who] = received_at
+            slot = self._keys.get(who) or pending.slot(who)
+            slot[1] = received_at
             for problem in problems:
                 if problem.code == WRONG_ENDPOINT and problem.endpoint:
                     pending.wrong_endpoint[who, problem.endpoint] += 1
@@ -240,15 +237,12 @@ class ActivityRecorder:
             if left > 0:
                 pending.failed_left[who] = left - 1
                 shown = _encode(problems).decode()
-                pending.failed_events.append((who, received_at, body, shown))
-            live_left = pending.live_left.get(who, self.settings.live_per_second)
-            if live_left > 0:
-                pending.live_left[who] = live_left - 1
-                text = body.decode("utf-8", "replace")
+                pending.failed_events.append((who, received_at, bytes(raw), shown))
+            if slot[5] > 0:  # else skipped: counted at flush, as for processed events
+                slot[5] -= 1
+                text = bytes(raw).decode("utf-8", "replace")
                 shown = shown or _encode(problems).decode()
                 pending.live.append((who, received_at, FAILED, first, product, text, shown))
-            else:
-                pending.live_skipped[who] += 1
 
     # --- flushing ------------------------------------------------------------------------
 
@@ -261,23 +255,32 @@ class ActivityRecorder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await asyncio.to_thread(self.flush)
+        await asyncio.to_thread(self._write, self._take())
 
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.activity_flush_seconds)
+            # Taken on the event loop, where record() runs: no request adds to it meanwhile.
+            pending = self._take()
             try:
-                await asyncio.to_thread(self.flush)
+                await asyncio.to_thread(self._write, pending)
             except Exception:  # the ledger must never take the service down
                 log.exception("could not write the activity ledger")
 
     def flush(self) -> None:
-        """Write what accumulated since the last flush (any thread)."""
-        pending, self._pending = self._pending, _Pending()
+        """Write what accumulated since the last flush (on the thread that records)."""
+        self._write(self._take())
+
+    def _take(self) -> _Pending:
+        pending, self._pending = self._pending, _Pending(self.settings.live_per_second)
+        self._keys = self._pending.keys
+        return pending
+
+    def _write(self, pending: _Pending) -> None:
         uses = self._uses
-        for key, at in pending.last_event.items():
-            if key:
-                uses[key] = at
+        for key, slot in pending.keys.items():
+            if key and slot[1]:
+                uses[key] = slot[1]
         accounts: dict[str, str] = {}
 
         def account(key: str) -> str:
@@ -370,23 +373,32 @@ class ActivityLedger:
         settings: ActivitySettings,
     ) -> None:
         counts: Counter[tuple[str, str, str]] = Counter()
-        for key, n in pending.processed.items():
-            counts[account(key), PROCESSED, ""] += n
+        lags: dict[str, list[float]] = {}
+        last: dict[str, float] = {}
+        # Every event is shown live or skipped: the skipped are the others.
+        shown = Counter((entry[0], entry[2]) for entry in pending.live)
+        failed_by_key: Counter[str] = Counter()
         for (key, code), n in pending.failed.items():
             counts[account(key), FAILED, code] += n
+            failed_by_key[key] += n
+        for key, (processed, at, requests, total, worst, _) in pending.keys.items():
+            acc = account(key)
+            if processed:
+                counts[acc, PROCESSED, ""] += int(processed)
+            skipped = (
+                int(processed) - shown[key, PROCESSED] + failed_by_key[key] - shown[key, FAILED]
+            )
+            if skipped:
+                counts[acc, LIVE_SKIPPED, ""] += skipped
+            if requests:
+                into = lags.setdefault(acc, [0.0, 0.0, 0.0])
+                into[0] += requests
+                into[1] += total
+                into[2] = max(into[2], worst)
+            if at:
+                last[acc] = max(at, last.get(acc, 0.0))
         for (key, endpoint), n in pending.wrong_endpoint.items():
             counts[account(key), WRONG_ENDPOINT, endpoint] += n
-        for key, n in pending.live_skipped.items():
-            counts[account(key), LIVE_SKIPPED, ""] += n
-        lags: dict[str, list[float]] = {}
-        for key, (requests, total, worst) in pending.lag.items():
-            into = lags.setdefault(account(key), [0.0, 0.0, 0.0])
-            into[0] += requests
-            into[1] += total
-            into[2] = max(into[2], worst)
-        last: dict[str, float] = {}
-        for key, at in pending.last_event.items():
-            last[account(key)] = max(at, last.get(account(key), 0.0))
         live = [
             (account(key), at, outcome, code, product, *_live_body(body, errors))
             for key, at, outcome, code, product, body, errors in pending.live

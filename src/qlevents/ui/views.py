@@ -148,7 +148,8 @@ def checklist(
     recent = last is not None and now - last <= RECENT_EVENT_SECONDS
     checks.append(Check(recent, "A recent event",
                         "An event arrived in the last hour." if recent else
-                        "No event in the last hour.", ("Send one: copy a curl", "settings")))  # fmt: skip
+                        "No event in the last hour.",
+                        ("Send one: copy a curl", "settings")))  # fmt: skip
     rate = day.failure_rate
     fine = rate is None or rate < ERROR_RATE_LIMIT
     checks.append(Check(fine, f"Error rate below {ERROR_RATE_LIMIT:.0%}",

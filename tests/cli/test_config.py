@@ -40,6 +40,21 @@ class TestShow:
             "default (http://HOST:PORT/events)",
         )
 
+    def test_the_dashboards_settings_are_listed(
+        self, tmp_path: Path, cli: RunCli, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Key grace and the failed events' bounds show with the other settings."""
+        config = tmp_path / "qlevents.toml"
+        config.write_text("failed_keep = 200\n")
+        monkeypatch.setenv("QLEVENTS_FAILED_DAYS", "3")
+        code, out, err = cli("config", "show", "--config", str(config))
+        assert code == 0, err
+        rows = table(out)
+        assert rows["failed_keep"] == ("200", f"file {config}")
+        assert rows["failed_days"] == ("3.0", "env QLEVENTS_FAILED_DAYS")
+        assert rows["key_grace_seconds"] == ("86400.0", "default")
+        assert {"live_per_second", "live_keep", "failed_per_second"} <= set(rows)
+
     def test_the_admin_token_is_not_printed(
         self, cli: RunCli, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -1,8 +1,11 @@
-"""``qlevents events``: export as NDJSON with positions, read on from a position, prune."""
+"""``qlevents events``: export as NDJSON with positions, read on from a position, the kept
+failed events (``--failed``), prune."""
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -64,6 +67,106 @@ class TestExport:
         """--after -1: exit 2, naming what was given."""
         code, _, err = cli("events", "export", "--after", "-1", "--data-dir", str(tmp_path))
         assert code == 2 and err == "Error: --after must be a position (0 or more); got -1\n"
+
+
+def export_failed(
+    cli: RunCli,
+    server: RunningServer,
+    *argv: str,
+    until: Callable[[list[dict[str, Any]]], bool] = bool,
+) -> list[dict[str, Any]]:
+    """``events export --failed``, once its lines satisfy ``until`` (the server writes what
+    it counted every --activity-flush-seconds)."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = export(cli, server, "--failed", *argv)
+        if until(lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+def prices(lines: list[dict[str, Any]]) -> list[str]:
+    return [line["event"]["price"] for line in lines]
+
+
+#: The ledger written every 0.1 s, so that the tests wait less.
+QUICK_LEDGER = ("--activity-flush-seconds", "0.1")
+
+
+class TestExportFailed:
+    def test_each_failed_event_as_sent_with_its_errors_and_when_it_came(
+        self, serve: Callable[..., RunningServer], cli: RunCli
+    ) -> None:
+        """One line per failed event, oldest first: received_at, account, event, errors."""
+        server = serve(*QUICK_LEDGER)
+        key = server.client_key
+        before = datetime.now(UTC)
+        server.post([view(key, price="12"), view(key), view(key, product_id=7)])
+        lines = export_failed(cli, server, until=lambda lines: len(lines) == 2)
+        assert [line["event"] for line in lines] == [view(key, price="12"), view(key, product_id=7)]
+        assert [e["code"] for e in lines[0]["errors"]] == ["invalid_type"]
+        assert lines[0]["errors"][0]["field"] == "price"
+        received = datetime.fromisoformat(lines[0]["received_at"])
+        assert before - timedelta(seconds=1) <= received <= datetime.now(UTC)
+        assert list(lines[0]) == ["received_at", "account", "event", "errors"]
+
+    def test_one_account_by_name_or_one_key(
+        self, serve: Callable[..., RunningServer], cli: RunCli
+    ) -> None:
+        """--account takes the account's name; --client-key any key, one no account has too."""
+        server = serve(*QUICK_LEDGER)
+        other = server.add_account("other")
+        server.restart()
+        server.post([view(server.client_key, price="1"), view(other, price="2")])
+        server.post([view("qlk_nobody", price="3")])
+        everything = export_failed(cli, server, until=lambda lines: len(lines) == 3)
+        assert prices(everything) == ["1", "2", "3"]
+        by_name = export_failed(cli, server, "--account", "other")
+        assert prices(by_name) == ["2"]
+        assert by_name[0]["account"] == everything[1]["account"] != everything[0]["account"]
+        unknown = export_failed(cli, server, "--client-key", "qlk_nobody")
+        assert [(line["event"]["price"], line["account"]) for line in unknown] == [("3", None)]
+        assert [e["code"] for e in unknown[0]["errors"]] == ["invalid_type", "unknown_client_key"]
+
+    def test_the_server_keeps_the_newest_failed_keep_per_account(
+        self, serve: Callable[..., RunningServer], cli: RunCli, tmp_path: Path
+    ) -> None:
+        """failed_keep from the --config file bounds what is kept: the newest, per account."""
+        config = tmp_path / "qlevents.toml"
+        config.write_text("failed_keep = 2\nactivity_flush_seconds = 0.1\n")
+        server = serve("--config", str(config))
+        key = server.client_key
+        for price in ("a", "b", "c", "d"):
+            server.post([view(key, price=price)])
+        server.post([view("qlk_nobody", price="e")])  # another "account": its own bound
+        # Posted last, so written last: once it is there, the others have been written.
+        everything = export_failed(cli, server, until=lambda lines: "e" in prices(lines))
+        assert prices(everything) == ["c", "d", "e"]
+        assert prices(export_failed(cli, server, "--account", "demo")) == ["c", "d"]
+
+    def test_a_directory_no_server_ran_in_has_none(self, tmp_path: Path, cli: RunCli) -> None:
+        """No ledger yet: nothing is written, nothing is created, exit 0."""
+        code, out, err = cli("events", "export", "--failed", "--data-dir", str(tmp_path))
+        assert (code, out, err) == (0, "", "")
+        assert list(tmp_path.iterdir()) == []
+
+    @pytest.mark.parametrize(
+        ("argv", "says"),
+        [
+            (["--failed", "--after", "3"], "--after reads stored events by position; failed"
+             " events have none"),
+            (["--failed", "--account", "demo", "--client-key", "qlk_x"],
+             "give --account or --client-key, not both"),
+            (["--account", "demo"], "--account goes with --failed; stored events are chosen by"
+             " --client-key"),
+        ],
+    )  # fmt: skip
+    def test_options_that_do_not_go_together_are_usage_errors(
+        self, tmp_path: Path, cli: RunCli, argv: list[str], says: str
+    ) -> None:
+        """Exit 2 with what to do instead."""
+        code, out, err = cli("events", "export", *argv, "--data-dir", str(tmp_path))
+        assert (code, out, err) == (2, "", f"Error: {says}\n")
 
 
 class TestPrune:

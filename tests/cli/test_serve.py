@@ -1,15 +1,18 @@
 """``qlevents serve`` starting up: settings from every source, the port, the data directory's
-lock, and accounts (a demo account only when asked for)."""
+lock, accounts (a demo account only when asked for), and how to sign in to the dashboard."""
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from qlevents.accounts import AccountBook
@@ -102,6 +105,70 @@ class TestAccountsAtStart:
         assert server.log().count("First run: created the account 'demo'.") == 1
         server.restart()
         assert server.log().count("First run") == 1
+
+
+def user_commands(log: str) -> list[str]:
+    """The ``users add`` commands the start-up printed, as printed."""
+    return [line.strip() for line in log.splitlines() if " users add " in line]
+
+
+def signs_in(url: str, email: str, password: str) -> bool:
+    """Whether the dashboard's sign-in form takes ``email`` and ``password``."""
+    with httpx.Client(base_url=url) as client:
+        form = client.get("/ui/signin").text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form)
+        assert csrf is not None
+        answer = client.post(
+            "/ui/signin", data={"csrf": csrf.group(1), "email": email, "password": password}
+        )
+        return answer.status_code == 303
+
+
+class TestHowToSignIn:
+    def test_a_fresh_demo_prints_the_dashboard_and_commands_that_work(
+        self, serve: Callable[..., RunningServer]
+    ) -> None:
+        """make serve's first run: the dashboard's URL, then an operator's and a member of
+        demo's commands; run as printed, each makes a user who signs in."""
+        server = serve()  # RunningServer passes --demo
+        log = server.log()
+        assert f"Dashboard: {server.url}/ui/ (no user yet)\n" in log
+        operator, member = user_commands(log)
+        assert "--operator --password-stdin" in operator
+        assert f"--account {server.client_key} --password-stdin" in member
+        for command in (operator, member):
+            assert f"--data-dir {server.data_dir}" in command
+            done = subprocess.run(
+                shlex.split(command), input="a long password\n", capture_output=True, text=True,
+                timeout=60, check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+        assert signs_in(server.url, "you@example.com", "a long password")
+        assert signs_in(server.url, "dev@shop.example", "a long password")
+
+    def test_once_there_is_a_user_only_the_dashboard_is_named(
+        self, serve: Callable[..., RunningServer]
+    ) -> None:
+        """The next start prints where the dashboard is, and no command."""
+        server = serve()
+        operator, _ = user_commands(server.log())
+        subprocess.run(shlex.split(operator), input="a long password\n", text=True, check=True,
+                       capture_output=True, timeout=60)  # fmt: skip
+        server.log_path.write_text("")
+        server.restart()
+        assert f"Dashboard: {server.url}/ui/\n" in server.log()
+        assert user_commands(server.log()) == []
+
+    def test_without_demo_only_an_operator_is_offered(self, tmp_path: Path) -> None:
+        """No account to be a member of: the operator's command alone."""
+        server = RunningServer(tmp_path / "data", free_port(), [], tmp_path / "log", demo=False)
+        server.start()
+        try:
+            log = server.log()
+        finally:
+            server.stop()
+        commands = user_commands(log)
+        assert len(commands) == 1 and "--operator" in commands[0]
 
 
 class TestSettingsReachTheServer:

@@ -10,7 +10,8 @@ import pytest
 from qlevents.cli import build_parser
 from qlevents.cli.errors import CommandError
 from qlevents.cli.serve_settings import HELP, SETTINGS, ServeSettings, resolve
-from qlevents.server.config import Settings
+from qlevents.server.activity import ActivitySettings
+from qlevents.server.config import DashboardSettings, Settings
 from qlevents.settings import SettingsError, from_env
 from qlevents.store.factory import StoreSettings
 
@@ -29,9 +30,12 @@ def write(path: Path, text: str) -> str:
 
 class TestOneSourceOfNames:
     def test_every_field_of_the_server_settings_is_a_serve_option(self) -> None:
-        """Each field of Settings and StoreSettings has an option named after it."""
-        fields = set(Settings.__struct_fields__) - {"storage"}
+        """Each field of Settings and of its groups (the store's, the dashboard's) has an
+        option named after it."""
+        fields = set(Settings.__struct_fields__) - {"storage", "dashboard"}
         fields |= set(StoreSettings.__struct_fields__)
+        fields |= set(DashboardSettings.__struct_fields__) - {"activity"}
+        fields |= set(ActivitySettings.__struct_fields__)
         names = {s.name for s in SETTINGS}
         assert fields <= names
         parsed = options()
@@ -98,6 +102,48 @@ class TestPrecedence:
         env = {"QLEVENTS_ACCESS_LOG": "on"}
         assert resolve(options("--config", config), environ=env).settings.server.access_log
         assert not resolve(options("--no-access-log"), environ=env).settings.server.access_log
+
+
+class TestDashboardGroup:
+    def test_the_dashboards_settings_come_from_every_source(self, tmp_path: Path) -> None:
+        """Key grace and the ledger's bounds: file, variable and option, as any setting."""
+        config = write(
+            tmp_path / "q.toml", "failed_keep = 50\nfailed_days = 2.5\nlive_keep = 100\n"
+        )
+        env = {"QLEVENTS_KEY_GRACE_SECONDS": "3600", "QLEVENTS_LIVE_KEEP": "200"}
+        resolved = resolve(options("--config", config, "--failed-per-second", "5"), environ=env)
+        dashboard = resolved.settings.server.dashboard
+        assert dashboard.key_grace_seconds == 3600.0
+        assert dashboard.activity == ActivitySettings(
+            failed_keep=50, failed_days=2.5, live_keep=200, failed_per_second=5
+        )
+        assert resolved.sources["failed_keep"] == f"file {config}"
+        assert resolved.sources["live_keep"] == "env QLEVENTS_LIVE_KEEP"
+        assert resolved.sources["failed_per_second"] == "option --failed-per-second"
+
+    def test_the_dashboards_settings_reach_the_workers(self) -> None:
+        """serve hands the group to its workers as variables; the dashboard reads it back."""
+        given = options("--failed-keep", "7", "--failed-days", "1", "--key-grace-seconds", "60")
+        server = resolve(given, environ={}).settings.server
+        env = server.to_env()
+        assert env["QLEVENTS_FAILED_KEEP"] == "7"
+        assert from_env(DashboardSettings, env) == server.dashboard
+
+    @pytest.mark.parametrize(
+        ("text", "says"),
+        [
+            ("failed_keep = -1\n", "failed_keep = -1: Expected `int` >= 0"),
+            ("failed_days = -1\n", "failed_days = -1: Expected `float` >= 0"),
+            ("activity_flush_seconds = 0\n", "activity_flush_seconds = 0: Expected `float` > 0"),
+            ("key_grace_seconds = 2592001\n", "Expected `float` <= 2592000.0"),
+        ],
+    )
+    def test_a_bound_out_of_range_is_refused(self, tmp_path: Path, text: str, says: str) -> None:
+        """A negative bound, or a grace period longer than a rotation allows: named."""
+        config = write(tmp_path / "q.toml", text)
+        with pytest.raises(SettingsError) as caught:
+            resolve(options("--config", config), environ={})
+        assert says in str(caught.value)
 
 
 class TestMistakes:

@@ -113,6 +113,17 @@ class TestBounds:
         assert len(ledger.live("acc_a")) == 5
         assert ledger.totals("acc_a", time.time() - 60).live_skipped == 3
 
+    def test_processed_and_failed_share_the_live_rate(self, ledger: ActivityLedger) -> None:
+        """live_per_second counts both outcomes; what it leaves out of either is counted."""
+        recorder = _recorder(ledger, live_per_second=2)
+        pairs = [_failed("qlk_a", "invalid_type", index=i) for i in range(3)]
+        now = time.time()
+        recorder.record(_stored("qlk_a", 1), [r for r, _ in pairs], [e for _, e in pairs], now, now)
+        recorder.flush()
+        assert [e.outcome for e in ledger.live("acc_a")] == ["failed", "processed"]
+        totals = ledger.totals("acc_a", now - 60)
+        assert (totals.processed, totals.failed, totals.live_skipped) == (1, 3, 2)
+
     def test_live_ring_keeps_the_newest(self, ledger: ActivityLedger) -> None:
         """Only live_keep events per account stay, the newest."""
         recorder = _recorder(ledger, live_keep=4)
@@ -149,6 +160,44 @@ class TestBounds:
         lines = [json.loads(line) for line in ledger.export_failed("acc_a")]
         assert [line["event"]["product_id"] for line in lines] == ["X9", "X9"]
         assert lines[0]["errors"][0]["code"] == "invalid_type"
+
+    def test_failed_keep_holds_after_every_write(self, ledger: ActivityLedger) -> None:
+        """The newest failed_keep per account stay, flush after flush (not once a minute)."""
+        recorder = _recorder(ledger, failed_keep=3)
+        for n in range(3):
+            raw = msgspec.Raw(json.dumps({"client_key": "qlk_a", "product_id": f"F{n}"}).encode())
+            errors = [ErrorEntry(i, "price", "missing_field", "price is required") for i in (0, 1)]
+            recorder.record([], [raw, raw], errors, time.time(), 0.0)
+            recorder.flush()
+            assert len(ledger.failed_events("acc_a")) == min(2 * (n + 1), 3)
+        kept = [json.loads(e.body)["product_id"] for e in ledger.failed_events("acc_a")]
+        assert kept == ["F2", "F2", "F1"]
+
+    def test_failed_events_older_than_failed_days_go(self, ledger: ActivityLedger) -> None:
+        """Failed events received more than failed_days ago are deleted; newer ones stay."""
+        recorder = _recorder(ledger, failed_days=1)
+        old, error = _failed("qlk_a", "invalid_type")
+        new, _ = _failed("qlk_b", "invalid_type")
+        recorder.record([], [old], [error], time.time() - 2 * 86400, 0.0)
+        recorder.record([], [new], [error], time.time() - 0.5 * 86400, 0.0)
+        recorder.flush()
+        assert ledger.failed_events("acc_a") == []
+        assert len(ledger.failed_events("acc_b")) == 1
+
+    def test_export_by_client_key_includes_keys_no_account_has(
+        self, ledger: ActivityLedger
+    ) -> None:
+        """--client-key picks the events sent with it; an unknown key's account is null."""
+        recorder = _recorder(ledger)
+        for key in ("qlk_a", "qlk_nobody"):
+            raw, error = _failed(key, "unknown_client_key")
+            recorder.record([], [raw], [error], time.time(), 0.0)
+        recorder.flush()
+        lines = [json.loads(line) for line in ledger.export_failed(client_key="qlk_nobody")]
+        assert [(line["account"], line["event"]["client_key"]) for line in lines] == [
+            (None, "qlk_nobody")
+        ]
+        assert [json.loads(line)["account"] for line in ledger.export_failed()] == ["acc_a", None]
 
     def test_key_uses_are_written_at_most_once_a_minute(self, ledger: ActivityLedger) -> None:
         """The last use of each key reaches the account book, not on every flush."""

@@ -247,8 +247,9 @@ class TestLogHygiene:
         server.post(b"[{" + key.encode())
         server.wait_for_log('"POST /events"', count=2)
         log = server.log()
-        printed_at_start = log.count(key)  # the first-run banner prints the demo key once
-        assert printed_at_start == 2  # "client key:" line and the curl example
+        printed_at_start = log.count(key)  # the first-run banner prints the demo key, no more
+        # its "client key:" line, the curl example, and the command adding a member of demo
+        assert printed_at_start == 3
         assert "qlk_unknownkey123456789" not in log
 
 

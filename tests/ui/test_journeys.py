@@ -47,6 +47,7 @@ def test_sign_in_find_the_endpoint_and_run_the_copied_curl(site: Site, new_page:
     page.get_by_role("button", name="Sign in").click()
     page.get_by_role("link", name="Integration Settings").click()
     _expect(page.locator("#endpoint")).to_have_text(site.server.events_url)
+    screenshot(page, "integration-settings")
     page.locator("#curl-view + button.copy").click()
     copied = page.evaluate("navigator.clipboard.readText()")
     assert site.key("shop") in copied and site.server.events_url in copied

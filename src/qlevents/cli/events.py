@@ -1,4 +1,5 @@
-"""``qlevents events``: export the stored events (with their positions), prune old ones."""
+"""``qlevents events``: export the stored events (with their positions) or the kept failed
+ones, prune old ones."""
 
 from __future__ import annotations
 
@@ -29,9 +30,24 @@ def add_parser(commands: Commands) -> None:
     export = actions.add_parser(
         "export",
         parents=[data_dir_option()],
-        help="write stored events as NDJSON to stdout, each with its position",
+        help="write stored events as NDJSON to stdout, each with its position;"
+        " with --failed, the failed events the dashboard keeps",
     )
-    export.add_argument("--client-key", help="only this account's events")
+    export.add_argument(
+        "--failed",
+        action="store_true",
+        help="the kept failed events instead: each as sent, with its errors and when it was"
+        " received (the newest per account, as the failed_keep and failed_days settings bound"
+        " them)",
+    )
+    export.add_argument(
+        "--client-key", help="only events sent with this client key (with --failed: any key)"
+    )
+    export.add_argument(
+        "--account",
+        metavar="ACCOUNT",
+        help="with --failed: only this account's, under every key it had (its name or key)",
+    )
     export.add_argument(
         "--after",
         type=int,
@@ -69,6 +85,12 @@ def run_export(args: argparse.Namespace) -> int:
     from qlevents.datadir import require
     from qlevents.store.factory import build_store
 
+    if args.failed:
+        return export_failed(args)
+    if args.account is not None:
+        raise CommandError(
+            "--account goes with --failed; stored events are chosen by --client-key", 2
+        )
     if args.after < 0:
         raise CommandError(f"--after must be a position (0 or more); got {args.after}", 2)
     store = build_store(store_settings(args), require(data_dir_path(args)), read_only=True)
@@ -90,6 +112,47 @@ def run_export(args: argparse.Namespace) -> int:
             await store.close()
 
     asyncio.run(export())
+    out.flush()
+    return 0
+
+
+def export_failed(args: argparse.Namespace) -> int:
+    """Write the failed events the activity ledger keeps (``--failed``) to stdout, oldest first."""
+    from qlevents.accounts import ACCOUNTS_FILE, AccountBook
+    from qlevents.cli.accounts import find
+    from qlevents.datadir import require
+
+    try:
+        from qlevents.server.activity import ACTIVITY_FILE, ActivityLedger
+    except ImportError as exc:  # the ledger is the server's, read with its extra
+        raise CommandError(
+            f"--failed needs the server extra ({exc.name} is missing):"
+            " pip install 'qlevents[server]'"
+        ) from exc
+
+    if args.after:
+        raise CommandError("--after reads stored events by position; failed events have none", 2)
+    if args.account is not None and args.client_key is not None:
+        raise CommandError("give --account or --client-key, not both", 2)
+    data_dir = require(data_dir_path(args))
+    account_id = None
+    if args.account is not None:
+        if not (data_dir / ACCOUNTS_FILE).exists():
+            raise CommandError(f"there is no account book in {data_dir}: no account to export")
+        book = AccountBook(data_dir, readonly=True)
+        try:
+            account_id = find(book, args.account).id
+        finally:
+            book.close()
+    if not (data_dir / ACTIVITY_FILE).exists():  # no server has run here yet: none failed
+        return 0
+    ledger = ActivityLedger(data_dir, readonly=True)
+    out = sys.stdout.buffer
+    try:
+        for line in ledger.export_failed(account_id, args.client_key):
+            out.write(line)
+    finally:
+        ledger.close()
     out.flush()
     return 0
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import errno
+import shlex
+import shutil
 import socket
+import sys
 from pathlib import Path
 
-from qlevents.cli.common import Commands
+from qlevents.cli.common import Commands, default_endpoint
 from qlevents.cli.errors import CommandError
 
 SERVER_EXTRA = "pip install 'qlevents[server]'"
@@ -76,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     if settings.admin_port:
         check_port(listen.admin_host, settings.admin_port, "--admin-port")
     with ServeLock(settings.data_dir):
-        _prepare_accounts(settings.data_dir, endpoint, demo=args.demo)
+        dashboard = default_endpoint(listen.host, listen.port).removesuffix("events") + "ui/"
+        _prepare_accounts(settings.data_dir, endpoint, dashboard, demo=args.demo)
         run_server(
             settings,
             host=listen.host,
@@ -116,34 +120,65 @@ def check_port(host: str, port: int, option: str) -> None:
             ) from None
 
 
-def _prepare_accounts(data_dir: Path, endpoint: str, *, demo: bool) -> None:
+def _prepare_accounts(data_dir: Path, endpoint: str, dashboard: str, *, demo: bool) -> None:
     """Record the endpoint; with ``demo``, create the account 'demo' on first run; without
-    it, say how to create an account when there is none."""
+    it, say how to create an account when there is none. Then say where the dashboard is,
+    and while it has no user, how to create one to sign in with."""
     from qlevents.accounts import AccountBook
+    from qlevents.users import UserStore
 
+    run = _program()
+    where = f"--data-dir {shlex.quote(str(data_dir))}"
     book = AccountBook(data_dir)
+    users = UserStore(data_dir)
     try:
         book.record_local_endpoint(endpoint)
-        if book.all():
-            return
-        if not demo:
+        accounts = book.all()
+        if not accounts and not demo:
             print(
                 "No account yet. Create one (a running server sees it within a second):\n"
-                f'  qlevents accounts add "My shop" --data-dir {data_dir}\n'
+                f'  {run} accounts add "My shop" {where}\n'
                 "(or start with --demo to create an account 'demo' now)\n",
                 flush=True,
             )
+        elif not accounts:
+            key = book.add("demo").client_key
+            accounts = book.all()
+            print(
+                f"First run: created the account 'demo'.\n"
+                f"  client key: {key}\n"
+                f"  endpoint:   {endpoint}\n"
+                f"Try it:\n"
+                f'  curl -XPOST {endpoint} -d \'[{{"client_key": "{key}",'
+                f' "price": 123.41, "product_id": "123-AA-X23", "event": "view",'
+                f' "permalink": "https://yourstore.com/123-AA-X23/"}}]\'\n',
+                flush=True,
+            )
+        if users.all():
+            print(f"Dashboard: {dashboard}\n", flush=True)
             return
-        key = book.add("demo").client_key
-        print(
-            f"First run: created the account 'demo'.\n"
-            f"  client key: {key}\n"
-            f"  endpoint:   {endpoint}\n"
-            f"Try it:\n"
-            f'  curl -XPOST {endpoint} -d \'[{{"client_key": "{key}",'
-            f' "price": 123.41, "product_id": "123-AA-X23", "event": "view",'
-            f' "permalink": "https://yourstore.com/123-AA-X23/"}}]\'\n',
-            flush=True,
-        )
+        demos = [a for a in accounts if a.name == "demo"] if demo else []
+        lines = [
+            f"Dashboard: {dashboard} (no user yet)",
+            "Create an operator" + (", or a member of 'demo'," if demos else "")
+            + " to sign in with (then type a password of 10+ characters, and Enter):",
+            f"  {run} users add you@example.com --operator --password-stdin {where}",
+            *(f"  {run} users add dev@shop.example --account {a.client_key} --password-stdin"
+              f" {where}" for a in demos[:1]),
+        ]  # fmt: skip
+        print("\n".join(lines) + "\n", flush=True)
     finally:
+        users.close()
         book.close()
+
+
+def _program() -> str:
+    """The command that runs this ``qlevents`` from the same shell: ``qlevents`` when that is
+    the one on the PATH, else the path it was started by (``make serve``: .venv/bin/qlevents)."""
+    started = Path(sys.argv[0])
+    if started.name != "qlevents":  # python -m qlevents
+        return f"{shlex.quote(sys.executable)} -m qlevents"
+    found = shutil.which("qlevents")
+    if found is not None and Path(found).resolve() == started.resolve():
+        return "qlevents"
+    return shlex.quote(str(started))

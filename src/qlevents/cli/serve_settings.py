@@ -1,10 +1,11 @@
 """The settings ``qlevents serve`` runs with, and where each value came from.
 
 Every setting is a field of :class:`ServeSettings`: where to listen and how to log, then the
-server's own :class:`~qlevents.server.config.Settings` (with the event store's group). Each
-field gives, by rule, its command-line option (``--max-events``), its environment variable
-(``QLEVENTS_MAX_EVENTS``) and its key in the ``--config`` TOML file (``max_events``), with the
-field's default: names and defaults cannot drift apart. A value comes from the first of
+server's own :class:`~qlevents.server.config.Settings` (with the groups of the event store and
+of the dashboard). Each field gives, by rule, its command-line option (``--max-events``), its
+environment variable (``QLEVENTS_MAX_EVENTS``) and its key in the ``--config`` TOML file
+(``max_events``), with the field's default: names and defaults cannot drift apart. A value
+comes from the first of
 
     command-line option > environment variable > config file > default
 
@@ -83,6 +84,16 @@ HELP: Final = {
     "rate_burst": "default burst; 0: one second's worth",
     "workers": "worker processes",
     "admin_port": "serve the admin API on this port only; 0: on --port, with the events API",
+    "key_grace_seconds": "dashboard: seconds a rotated key keeps working, unless the rotation"
+    " chooses otherwise",
+    "live_per_second": "dashboard: live events kept per account per second and worker; above"
+    " it, a sample (the others are counted)",
+    "live_keep": "dashboard: newest live events kept per account",
+    "failed_per_second": "dashboard: failed events kept as sent per account per second and"
+    " worker (all are counted)",
+    "failed_keep": "dashboard: newest failed events kept per account",
+    "failed_days": "dashboard: days failed events are kept",
+    "activity_flush_seconds": "dashboard: seconds between two writes of the activity ledger",
 }
 #: Defaults that other settings make, as the help shows them.
 DERIVED: Final = {"endpoint_url": "http://HOST:PORT/events"}

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 
@@ -48,6 +48,7 @@ KEEP_MINUTES_DAYS: Final = 8
 _key_of_stored: Final = attrgetter("client_key")
 _encode: Final = msgspec.json.Encoder().encode
 log: Final = logging.getLogger("qlevents.activity")
+Count = Annotated[int, msgspec.Meta(ge=0)]
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS counts (
@@ -74,19 +75,20 @@ CREATE INDEX IF NOT EXISTS live_account ON live (account, id);
 
 
 class ActivitySettings(msgspec.Struct, frozen=True, kw_only=True):
-    """The ledger's bounds (read from ``QLEVENTS_*`` variables by the dashboard)."""
+    """The ledger's bounds: the group ``dashboard.activity`` of the server's settings, so
+    each is a ``qlevents serve`` option, a ``QLEVENTS_*`` variable and a config file key."""
 
     #: Live events kept per account per second (per worker); above it, a counted sample.
-    live_per_second: int = 20
+    live_per_second: Count = 20
     #: Newest live events kept per account.
-    live_keep: int = 500
+    live_keep: Count = 500
     #: Failed events kept as sent per account per second (per worker); all are counted.
-    failed_per_second: int = 20
+    failed_per_second: Count = 20
     #: Newest failed events kept per account, and for how many days.
-    failed_keep: int = 1000
-    failed_days: float = 7.0
-    #: Seconds between two flushes into the ledger's file.
-    flush_seconds: float = 1.0
+    failed_keep: Count = 1000
+    failed_days: Annotated[float, msgspec.Meta(ge=0)] = 7.0
+    #: Seconds between two writes of what the recorder counted into the ledger's file.
+    activity_flush_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1.0
 
 
 class _KeyOnly(msgspec.Struct):
@@ -97,7 +99,7 @@ class _KeyOnly(msgspec.Struct):
 _read_key: Final = msgspec.json.Decoder(_KeyOnly).decode
 
 
-def _peek(raw: bytes) -> tuple[str | None, str]:
+def _peek(raw: bytes | msgspec.Raw) -> tuple[str | None, str]:
     """The client key (if a string) and product id (as text) of a failed event as sent."""
     try:
         found = _read_key(raw)
@@ -108,25 +110,34 @@ def _peek(raw: bytes) -> tuple[str | None, str]:
     return key, product[:256]
 
 
+#: A key's slot in :class:`_Pending`: [processed events, last event's time, requests with
+#: processed events, their lag's total, its worst, live events it may still show]. A list,
+#: updated in place by index: the cheapest thing the request path can do.
+Slot = list[float]
+
+
 @dataclass(slots=True)
 class _Pending:
     """What one flush interval accumulated, by client key ("" for no readable key)."""
 
+    live_per_second: int
     started: float = field(default_factory=time.time)
-    processed: Counter[str] = field(default_factory=Counter)
+    keys: dict[str, Slot] = field(default_factory=dict)
     failed: Counter[tuple[str, str]] = field(default_factory=Counter)
     wrong_endpoint: Counter[tuple[str, str]] = field(default_factory=Counter)
-    live_skipped: Counter[str] = field(default_factory=Counter)
-    last_event: dict[str, float] = field(default_factory=dict)
-    lag: dict[str, list[float]] = field(default_factory=dict)  # key -> [n, total, worst]
     # (key, at, outcome, code, product_id, body (a stored event is encoded at flush), errors)
     live: list[tuple[str, float, str, str, str, str | StoredEvent, str]] = field(
         default_factory=list
     )
-    live_left: dict[str, int] = field(default_factory=dict)
     # (key, received_at, body as sent, errors json)
     failed_events: list[tuple[str, float, bytes, str]] = field(default_factory=list)
     failed_left: dict[str, int] = field(default_factory=dict)
+
+    def slot(self, key: str) -> Slot:
+        found = self.keys.get(key)
+        if found is None:
+            found = self.keys[key] = [0, 0.0, 0, 0.0, 0.0, self.live_per_second]
+        return found
 
 
 class ActivityRecorder:
@@ -144,7 +155,8 @@ class ActivityRecorder:
         self.ledger = ledger
         self.resolve = resolve
         self.settings = settings or ActivitySettings()
-        self._pending = _Pending()
+        self._pending = _Pending(self.settings.live_per_second)
+        self._keys = self._pending.keys
         self._key_uses = key_uses
         self._uses: dict[str, float] = {}
         self._uses_written = 0.0
@@ -160,60 +172,47 @@ class ActivityRecorder:
     ) -> None:
         """One answered request: its stored events, its failed events as sent and the errors
         (in request order, as the answer holds them), when it was received (Unix time) and
-        when its events were durable."""
-        pending = self._pending
+        when its events were durable. Called on the event loop (the flusher takes what it
+        holds there too)."""
         if processed:
-            first = processed[0].client_key
-            if len(processed) == 1 or (
-                first == processed[-1].client_key and all(e.client_key == first for e in processed)
-            ):
-                self._processed(pending, first, processed, received_at, durable_at)
+            key = processed[0].client_key
+            n = len(processed)
+            if n == 1 or len(set(map(_key_of_stored, processed))) == 1:
+                # The request path's usual case, kept to a dict lookup and a few updates.
+                slot = self._keys.get(key)
+                if slot is None:
+                    slot = self._pending.slot(key)
+                slot[0] += n
+                slot[1] = received_at
+                slot[2] += 1
+                spent = durable_at - received_at
+                slot[3] += spent
+                if spent > slot[4]:  # noqa: PLR1730 (cheaper than calling max)
+                    slot[4] = spent
+                if slot[5] > 0:
+                    self._live(key, slot, processed, received_at)
             else:  # several accounts in one request (rare): one group each
                 groups: dict[str, list[StoredEvent]] = {}
                 for event in processed:
                     groups.setdefault(event.client_key, []).append(event)
-                for key, events in groups.items():
-                    self._processed(pending, key, events, received_at, durable_at)
+                for events in groups.values():
+                    self.record(events, [], [], received_at, durable_at)
         if failed:
-            self._failed(pending, failed, errors, received_at)
+            self._failed(failed, errors, received_at)
 
-    def _processed(
-        self,
-        pending: _Pending,
-        key: str,
-        events: list[StoredEvent],
-        received_at: float,
-        durable_at: float,
-    ) -> None:
-        pending.processed[key] += len(events)
-        pending.last_event[key] = received_at
-        lag = pending.lag.get(key)
-        spent = durable_at - received_at
-        if lag is None:
-            pending.lag[key] = [1, spent, spent]
-        else:
-            lag[0] += 1
-            lag[1] += spent
-            lag[2] = max(lag[2], spent)
-        left = pending.live_left.get(key, self.settings.live_per_second)
-        if left < len(events):
-            pending.live_skipped[key] += len(events) - left
-        if left > 0:
-            kept = events[-left:] if left < len(events) else events
-            pending.live_left[key] = left - len(kept)
-            for event in kept:  # encoded at flush time, off the request's path
-                pending.live.append(
-                    (key, received_at, PROCESSED, "", event.product_id, event, "[]")
-                )
+    def _live(self, key: str, slot: Slot, events: list[StoredEvent], received_at: float) -> None:
+        left = int(slot[5])
+        kept = events[-left:] if left < len(events) else events
+        slot[5] = left - len(kept)
+        live = self._pending.live
+        for event in kept:  # encoded at flush time, off the request's path
+            live.append((key, received_at, PROCESSED, "", event.product_id, event, "[]"))
 
     def _failed(
-        self,
-        pending: _Pending,
-        failed: list[msgspec.Raw],
-        errors: list[ErrorEntry],
-        received_at: float,
+        self, failed: list[msgspec.Raw], errors: list[ErrorEntry], received_at: float
     ) -> None:
         # Failures take the slow path already; here each is read for its key and grouped.
+        pending = self._pending
         by_event: list[list[ErrorEntry]] = []
         index = None
         for error in errors:
@@ -224,12 +223,12 @@ class ActivityRecorder:
                 by_event.append([])
             by_event[-1].append(error)
         for raw, problems in zip(failed, by_event, strict=False):
-            body = bytes(raw)
-            key, product = _peek(body)
+            key, product = _peek(raw)
             who = key or ""
             first = problems[0].code
             pending.failed[who, first] += 1
-            pending.last_event[who] = received_at
+            slot = self._keys.get(who) or pending.slot(who)
+            slot[1] = received_at
             for problem in problems:
                 if problem.code == WRONG_ENDPOINT and problem.endpoint:
                     pending.wrong_endpoint[who, problem.endpoint] += 1
@@ -238,15 +237,12 @@ class ActivityRecorder:
             if left > 0:
                 pending.failed_left[who] = left - 1
                 shown = _encode(problems).decode()
-                pending.failed_events.append((who, received_at, body, shown))
-            live_left = pending.live_left.get(who, self.settings.live_per_second)
-            if live_left > 0:
-                pending.live_left[who] = live_left - 1
-                text = body.decode("utf-8", "replace")
+                pending.failed_events.append((who, received_at, bytes(raw), shown))
+            if slot[5] > 0:  # else skipped: counted at flush, as for processed events
+                slot[5] -= 1
+                text = bytes(raw).decode("utf-8", "replace")
                 shown = shown or _encode(problems).decode()
                 pending.live.append((who, received_at, FAILED, first, product, text, shown))
-            else:
-                pending.live_skipped[who] += 1
 
     # --- flushing ------------------------------------------------------------------------
 
@@ -259,23 +255,32 @@ class ActivityRecorder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await asyncio.to_thread(self.flush)
+        await asyncio.to_thread(self._write, self._take())
 
     async def _flush_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.flush_seconds)
+            await asyncio.sleep(self.settings.activity_flush_seconds)
+            # Taken on the event loop, where record() runs: no request adds to it meanwhile.
+            pending = self._take()
             try:
-                await asyncio.to_thread(self.flush)
+                await asyncio.to_thread(self._write, pending)
             except Exception:  # the ledger must never take the service down
                 log.exception("could not write the activity ledger")
 
     def flush(self) -> None:
-        """Write what accumulated since the last flush (any thread)."""
-        pending, self._pending = self._pending, _Pending()
+        """Write what accumulated since the last flush (on the thread that records)."""
+        self._write(self._take())
+
+    def _take(self) -> _Pending:
+        pending, self._pending = self._pending, _Pending(self.settings.live_per_second)
+        self._keys = self._pending.keys
+        return pending
+
+    def _write(self, pending: _Pending) -> None:
         uses = self._uses
-        for key, at in pending.last_event.items():
-            if key:
-                uses[key] = at
+        for key, slot in pending.keys.items():
+            if key and slot[1]:
+                uses[key] = slot[1]
         accounts: dict[str, str] = {}
 
         def account(key: str) -> str:
@@ -327,19 +332,27 @@ class Totals:
 class ActivityLedger:
     """``<data-dir>/activity.sqlite3``: written by the recorders, read by the dashboard."""
 
-    def __init__(self, data_dir: str | Path) -> None:
+    def __init__(self, data_dir: str | Path, *, readonly: bool = False) -> None:
+        """``readonly``: for a command that reads (the file must exist; nothing is created)."""
         path = Path(data_dir)
-        path.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(
-            path / ACTIVITY_FILE, isolation_level=None, check_same_thread=False
-        )
+        if readonly:
+            uri = (path / ACTIVITY_FILE).absolute().as_uri() + "?mode=ro"
+            self._conn = sqlite3.connect(
+                uri, uri=True, isolation_level=None, check_same_thread=False
+            )
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                path / ACTIVITY_FILE, isolation_level=None, check_same_thread=False
+            )
         # One connection shared by the flusher's and the dashboard's threads: one at a time.
         self._lock = threading.Lock()
         self._conn.execute("PRAGMA busy_timeout = 5000")
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        # Counters, not acknowledged events: losing the last second in a power cut is fine.
-        self._conn.execute("PRAGMA synchronous = NORMAL")
-        self._conn.executescript(_SCHEMA)
+        if not readonly:
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            # Counters, not acknowledged events: losing the last second in a power cut is fine.
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.executescript(_SCHEMA)
         self._pruned = 0.0
 
     def close(self) -> None:
@@ -360,23 +373,32 @@ class ActivityLedger:
         settings: ActivitySettings,
     ) -> None:
         counts: Counter[tuple[str, str, str]] = Counter()
-        for key, n in pending.processed.items():
-            counts[account(key), PROCESSED, ""] += n
+        lags: dict[str, list[float]] = {}
+        last: dict[str, float] = {}
+        # Every event is shown live or skipped: the skipped are the others.
+        shown = Counter((entry[0], entry[2]) for entry in pending.live)
+        failed_by_key: Counter[str] = Counter()
         for (key, code), n in pending.failed.items():
             counts[account(key), FAILED, code] += n
+            failed_by_key[key] += n
+        for key, (processed, at, requests, total, worst, _) in pending.keys.items():
+            acc = account(key)
+            if processed:
+                counts[acc, PROCESSED, ""] += int(processed)
+            skipped = (
+                int(processed) - shown[key, PROCESSED] + failed_by_key[key] - shown[key, FAILED]
+            )
+            if skipped:
+                counts[acc, LIVE_SKIPPED, ""] += skipped
+            if requests:
+                into = lags.setdefault(acc, [0.0, 0.0, 0.0])
+                into[0] += requests
+                into[1] += total
+                into[2] = max(into[2], worst)
+            if at:
+                last[acc] = max(at, last.get(acc, 0.0))
         for (key, endpoint), n in pending.wrong_endpoint.items():
             counts[account(key), WRONG_ENDPOINT, endpoint] += n
-        for key, n in pending.live_skipped.items():
-            counts[account(key), LIVE_SKIPPED, ""] += n
-        lags: dict[str, list[float]] = {}
-        for key, (requests, total, worst) in pending.lag.items():
-            into = lags.setdefault(account(key), [0.0, 0.0, 0.0])
-            into[0] += requests
-            into[1] += total
-            into[2] = max(into[2], worst)
-        last: dict[str, float] = {}
-        for key, at in pending.last_event.items():
-            last[account(key)] = max(at, last.get(account(key), 0.0))
         live = [
             (account(key), at, outcome, code, product, *_live_body(body, errors))
             for key, at, outcome, code, product, body, errors in pending.live
@@ -418,8 +440,9 @@ class ActivityLedger:
                 if now - self._pruned >= 60:
                     self._prune(now, settings)
                     self._pruned = now
-                elif live:
+                else:  # the counts bounds hold after every write, the ages' every minute
                     self._trim_live({row[0] for row in live}, settings.live_keep)
+                    self._trim_failed({row[0] for row in failed}, settings.failed_keep)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -433,6 +456,14 @@ class ActivityLedger:
                 (acc, acc, keep),
             )
 
+    def _trim_failed(self, accounts: set[str], keep: int) -> None:
+        for acc in accounts:
+            self._conn.execute(
+                "DELETE FROM failed_events WHERE account = ? AND id <= (SELECT id FROM"
+                " failed_events WHERE account = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (acc, acc, keep),
+            )
+
     def _prune(self, now: float, settings: ActivitySettings) -> None:
         oldest_minute = int(now // 60) - KEEP_MINUTES_DAYS * 1440
         self._conn.execute("DELETE FROM counts WHERE minute < ?", (oldest_minute,))
@@ -440,14 +471,10 @@ class ActivityLedger:
         self._conn.execute(
             "DELETE FROM failed_events WHERE received_at < ?", (now - settings.failed_days * 86400,)
         )
-        accounts = [row[0] for row in self._conn.execute("SELECT DISTINCT account FROM live")]
-        self._trim_live(set(accounts), settings.live_keep)
-        for (acc,) in self._conn.execute("SELECT DISTINCT account FROM failed_events").fetchall():
-            self._conn.execute(
-                "DELETE FROM failed_events WHERE account = ? AND id <= (SELECT id FROM"
-                " failed_events WHERE account = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (acc, acc, settings.failed_keep),
-            )
+        live = self._conn.execute("SELECT DISTINCT account FROM live").fetchall()
+        self._trim_live({acc for (acc,) in live}, settings.live_keep)
+        failed = self._conn.execute("SELECT DISTINCT account FROM failed_events").fetchall()
+        self._trim_failed({acc for (acc,) in failed}, settings.failed_keep)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -578,9 +605,12 @@ class ActivityLedger:
             FailedEvent(i, at, bytes(b), json.loads(e)) for i, at, b, e in self._query(sql, params)
         ]
 
-    def export_failed(self, account: str | None = None) -> Iterator[bytes]:
-        """Every kept failed event, oldest first, as NDJSON lines: ``{"received_at",
-        "account", "event" (as sent), "errors"}`` (``qlevents events export --failed``)."""
+    def export_failed(
+        self, account: str | None = None, client_key: str | None = None
+    ) -> Iterator[bytes]:
+        """Every kept failed event (of one account; sent with one client key), oldest first,
+        as NDJSON lines: ``{"received_at", "account" (its id; null for a key no account has),
+        "event" (as sent), "errors"}`` (``qlevents events export --failed``)."""
         after = 0
         while True:
             where = "id > ?" + ("" if account is None else " AND account = ?")
@@ -593,9 +623,11 @@ class ActivityLedger:
             )
             for row_id, acc, at, body, errors in rows:
                 after = row_id
+                if client_key is not None and _peek(bytes(body))[0] != client_key:
+                    continue
                 line = {
                     "received_at": _rfc3339(at),
-                    "account": acc,
+                    "account": acc or None,  # None: a key no account has
                     "event": msgspec.Raw(_one_line(bytes(body))),
                     "errors": msgspec.Raw(errors.encode()),
                 }

@@ -3,7 +3,9 @@
 ``qlevents serve`` turns its options into these variables so that every worker process
 (uvicorn starts them fresh) builds the same configuration. The event store's own settings
 are a group of their own (:class:`~qlevents.store.factory.StoreSettings`), read from the
-same flat variables (``QLEVENTS_STORE``, ``QLEVENTS_SYNCHRONOUS``, ...).
+same flat variables (``QLEVENTS_STORE``, ``QLEVENTS_SYNCHRONOUS``, ...); so are the
+dashboard's (:class:`DashboardSettings`: ``QLEVENTS_KEY_GRACE_SECONDS``,
+``QLEVENTS_FAILED_KEEP``, ...).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Annotated, Final
 import msgspec
 
 from qlevents import settings as _settings
+from qlevents.accounts import DEFAULT_GRACE_SECONDS, MAX_GRACE_SECONDS
 from qlevents.events import MAX_BODY_BYTES, MAX_EVENTS_PER_REQUEST
+from qlevents.server.activity import ActivitySettings
 from qlevents.store.factory import StoreSettings
 
 DEFAULT_DATA_DIR: Final = "./qlevents-data"
@@ -23,6 +27,16 @@ DEFAULT_DATA_DIR: Final = "./qlevents-data"
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+
+class DashboardSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The dashboard's settings: key rotation, and the activity ledger's bounds."""
+
+    #: How long a rotated key keeps working unless the rotation says otherwise (seconds).
+    key_grace_seconds: Annotated[float, msgspec.Meta(ge=0, le=MAX_GRACE_SECONDS)] = (
+        DEFAULT_GRACE_SECONDS
+    )
+    activity: ActivitySettings = ActivitySettings()
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,6 +69,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     workers: Positive = 1
     #: Serve the admin API on this port only (0: on the main port, beside /events).
     admin_port: Port = 0
+    #: The dashboard's group.
+    dashboard: DashboardSettings = DashboardSettings()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

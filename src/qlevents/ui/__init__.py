@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import msgspec
-
 from qlevents import settings as _settings
-from qlevents.accounts import DEFAULT_GRACE_SECONDS, AccountBook
-from qlevents.server.activity import ActivityLedger, ActivityRecorder, ActivitySettings
+from qlevents.accounts import AccountBook
+from qlevents.server.activity import ActivityLedger, ActivityRecorder
+from qlevents.server.config import DashboardSettings
 from qlevents.server.directory import AccountDirectory
 from qlevents.server.ingest import Ingest
 from qlevents.server.types import Receive, Scope, Send
@@ -20,18 +19,6 @@ from qlevents.ui.pages import Deps, build_ui
 from qlevents.users import UserStore
 
 __all__ = ["Dashboard", "DashboardSettings", "Deps", "build_ui"]
-
-
-class DashboardSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """Read from ``QLEVENTS_*`` variables (``QLEVENTS_KEY_GRACE_SECONDS``, ...)."""
-
-    #: How long a rotated key keeps working by default.
-    key_grace_seconds: float = DEFAULT_GRACE_SECONDS
-    activity: ActivitySettings = ActivitySettings()
-
-    @classmethod
-    def from_env(cls) -> DashboardSettings:
-        return _settings.from_env(cls)
 
 
 class Dashboard:
@@ -44,7 +31,8 @@ class Dashboard:
         ingest: Ingest,
         settings: DashboardSettings | None = None,
     ) -> None:
-        self.settings = settings or DashboardSettings.from_env()
+        # The group of the server's settings; the environment gives it when none is passed.
+        self.settings = settings if settings is not None else _settings.from_env(DashboardSettings)
         self.directory = directory
         self.ledger = ActivityLedger(data_dir)
         self.users = UserStore(data_dir)

@@ -94,6 +94,7 @@ class Pages:
         env.filters["ago_minute"] = views.ago_minute
         env.filters["capitalize_first"] = lambda text: text[:1].upper() + text[1:]
         env.filters["utc"] = views.utc
+        env.filters["counted"] = views.counted
         env.filters["mask"] = mask_key
         env.globals["error_codes"] = ERROR_CODES
 

@@ -27,6 +27,13 @@ class Check:
     ok: bool
     title: str
     detail: str
+    #: Where to go when it fails: (the link's text, the account's page).
+    then: tuple[str, str] | None = None
+
+
+def counted(n: int, noun: str) -> str:
+    """``1 event``, ``2 events``, ``1,200 events``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,21 +139,23 @@ def checklist(
     wrong = sum(day.wrong_endpoint.values())
     if account.endpoint is not None and account.endpoint != local:
         checks.append(Check(wrong == 0, "Events go to the right endpoint",
-                            f"This account is homed on {home}. {wrong} events came here instead"
-                            " in the last 24 h and were not stored."))  # fmt: skip
+                            f"This account is homed on {home}. {counted(wrong, 'event')} came"
+                            f" here instead in the last 24 h and {'was' if wrong == 1 else 'were'}"
+                            " not stored.", ("See them on the Errors page", "errors")))  # fmt: skip
     else:
         checks.append(Check(True, "Events go to the right endpoint",
                             f"This account's endpoint is {home}."))  # fmt: skip
     recent = last is not None and now - last <= RECENT_EVENT_SECONDS
     checks.append(Check(recent, "A recent event",
                         "An event arrived in the last hour." if recent else
-                        "No event in the last hour: send one (Settings > Integration Settings"
-                        " has a curl to copy)."))  # fmt: skip
+                        "No event in the last hour.",
+                        ("Send one: copy a curl", "settings")))  # fmt: skip
     rate = day.failure_rate
     fine = rate is None or rate < ERROR_RATE_LIMIT
     checks.append(Check(fine, f"Error rate below {ERROR_RATE_LIMIT:.0%}",
                         "No events in the last 24 h." if rate is None else
-                        f"{rate:.1%} of the last 24 h's events failed."))  # fmt: skip
+                        f"{rate:.1%} of the last 24 h's events failed.",
+                        ("See why, and the fix, on the Errors page", "errors")))  # fmt: skip
     return checks
 
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import errno
 import socket
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qlevents.cli.common import Commands
 from qlevents.cli.errors import CommandError
+
+if TYPE_CHECKING:
+    from qlevents.server.config import Settings
 
 SERVER_EXTRA = "pip install 'qlevents[server]'"
 
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if settings.admin_port:
         check_port(listen.admin_host, settings.admin_port, "--admin-port")
     with ServeLock(settings.data_dir):
-        _prepare_accounts(settings.data_dir, endpoint, demo=args.demo)
+        _prepare_accounts(settings, endpoint, demo=args.demo)
         run_server(
             settings,
             host=listen.host,
@@ -116,12 +119,19 @@ def check_port(host: str, port: int, option: str) -> None:
             ) from None
 
 
-def _prepare_accounts(data_dir: Path, endpoint: str, *, demo: bool) -> None:
+def _prepare_accounts(settings: Settings, endpoint: str, *, demo: bool) -> None:
     """Record the endpoint; with ``demo``, create the account 'demo' on first run; without
-    it, say how to create an account when there is none."""
-    from qlevents.accounts import AccountBook
+    it, say how to create an account when there is none. On a NATS cluster the book is the
+    cluster's (every node's), so the first node to start makes the demo account."""
+    from qlevents.store.factory import build_account_book
 
-    book = AccountBook(data_dir)
+    data_dir = settings.data_dir
+    book = build_account_book(settings.storage, data_dir)
+    where = (
+        f"--store {settings.storage.store}"
+        if settings.storage.is_nats
+        else f"--data-dir {data_dir}"
+    )
     try:
         book.record_local_endpoint(endpoint)
         if book.all():
@@ -129,7 +139,7 @@ def _prepare_accounts(data_dir: Path, endpoint: str, *, demo: bool) -> None:
         if not demo:
             print(
                 "No account yet. Create one (a running server sees it within a second):\n"
-                f'  qlevents accounts add "My shop" --data-dir {data_dir}\n'
+                f'  qlevents accounts add "My shop" {where}\n'
                 "(or start with --demo to create an account 'demo' now)\n",
                 flush=True,
             )

@@ -33,7 +33,6 @@ from qlevents.cli.common import config_file, config_option, default_endpoint
 from qlevents.cli.errors import CommandError
 from qlevents.server.config import Settings
 from qlevents.settings import SettingsError
-from qlevents.store.factory import STORE_KINDS
 
 
 class ServeSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,7 +60,8 @@ HELP: Final = {
     "max_body_bytes": "largest body after decompression, in bytes; 413 above",
     "max_events": "most events in one request; 413 above",
     "admin_token": "enable the admin API with this bearer token",
-    "store": "where events are kept; memory: nothing survives a restart",
+    "store": "where events are kept: sqlite, memory (nothing survives a restart), or a NATS"
+    " JetStream cluster: nats://HOST:PORT[,nats://HOST:PORT...] (docs/cluster.md)",
     "synchronous": "SQLite durability; nothing weaker is offered",
     "max_pending_events": "events waiting for a commit before the API answers 503",
     "retain_days": "prune events older than this many days, every hour; 0: keep them all",
@@ -74,11 +74,21 @@ HELP: Final = {
     "rate_burst": "default burst; 0: one second's worth",
     "workers": "worker processes",
     "admin_port": "serve the admin API on this port only; 0: on --port, with the events API",
+    "allow_lazy_fsync": "on a NATS cluster: start even if its servers do not fsync every write"
+    " (acknowledged events may be lost in a power failure; docs/cluster.md)",
+    "nats_publish_timeout": "on a NATS cluster: seconds one publish waits for the stream",
+    "nats_retry_seconds": "on a NATS cluster: seconds an append keeps retrying before 503",
+    "nats_max_bytes": "on a NATS cluster: the stream's size limit in bytes; full: 503",
+    "nats_prefix": "on a NATS cluster: subjects start with PREFIX.v1, the stream is PREFIX",
+    "cluster_nodes": "on a NATS cluster: ingest nodes sharing each account's rate limit"
+    " (each enforces limit/N)",
 }
 #: Defaults that other settings make, as the help shows them.
 DERIVED: Final = {"endpoint_url": "http://HOST:PORT/events"}
 #: Text settings that must be one of a few words.
-CHOICES: Final = {"store": STORE_KINDS}
+CHOICES: Final = {"store": ("sqlite", "memory")}
+#: Values a setting of CHOICES may also have: those starting with these.
+CHOICE_PREFIXES: Final = {"store": ("nats://", "tls://")}
 #: Settings ``config show`` does not print.
 SECRET: Final = frozenset({"admin_token"})
 
@@ -148,6 +158,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
             options["action"] = argparse.BooleanOptionalAction
         elif isinstance(kind, msgspec.inspect.LiteralType):
             options["choices"] = kind.values
+        elif setting.name in CHOICE_PREFIXES:  # a word of CHOICES, or a URL
+            options["metavar"] = setting.name.upper()
         elif setting.name in CHOICES:
             options["choices"] = CHOICES[setting.name]
         elif isinstance(kind, msgspec.inspect.IntType | msgspec.inspect.FloatType):
@@ -225,15 +237,23 @@ def read_config(path: Path) -> dict[str, Any]:
     for key, value in table.items():
         if key not in BY_NAME:
             raise SettingsError(f"{path}: unknown key {key!r}{_did_you_mean(key)}")
-        if key in CHOICES and value not in CHOICES[key]:
+        if key in CHOICES and not _chosen(key, value):
+            also = "".join(f" or {prefix}HOST:PORT" for prefix in CHOICE_PREFIXES.get(key, ()))
             raise SettingsError(
-                f"{path}: {key} = {_toml(value)}: use {' or '.join(map(repr, CHOICES[key]))}"
+                f"{path}: {key} = {_toml(value)}:"
+                f" use {' or '.join(map(repr, CHOICES[key]))}{also}"
             )
     try:
         return _convert(table, strict=True)
     except msgspec.ValidationError as exc:
         name, detail = _failed(exc)
         raise SettingsError(f"{path}: {name} = {_toml(table[name])}: {detail}") from None
+
+
+def _chosen(key: str, value: object) -> bool:
+    if value in CHOICES[key]:
+        return True
+    return isinstance(value, str) and value.startswith(CHOICE_PREFIXES.get(key, ()))
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -289,7 +309,12 @@ def _failed(exc: msgspec.ValidationError) -> tuple[str, str]:
     """The setting a conversion failed on (msgspec says ``$.server.workers``), and why."""
     found = _AT.search(str(exc))
     assert found, str(exc)
-    return found.group(1).rsplit(".", 1)[-1], _AT.sub("", str(exc))
+    name, detail = found.group(1).rsplit(".", 1)[-1], _AT.sub("", str(exc))
+    if name not in BY_NAME:  # a group's own check (the store's): its message names the variable
+        named = [x for x in SETTINGS if x.variable + "=" in detail]
+        assert named, str(exc)
+        name, detail = named[0].name, detail.split(": ", 1)[-1]
+    return name, detail
 
 
 def _toml(value: object) -> str:

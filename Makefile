@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: serve test lint typecheck pytest browser bench bench-client install dev clean openapi reliability soak
+.PHONY: serve cluster test lint typecheck pytest browser bench bench-client install dev clean openapi reliability soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ dev: $(VENV)/.installed-dev
 
 serve: $(VENV)/.installed-server
 	$(BIN)/qlevents serve --demo --host $(HOST) --port $(PORT)
+
+# Three JetStream nodes and two ingest nodes on loopback (docs/cluster.md); Ctrl-C stops all.
+cluster: $(VENV)/.installed-server
+	$(BIN)/python -m qlevents.cluster_demo --dir qlevents-cluster
 
 lint: dev
 	$(BIN)/ruff check src tests bench reliability
@@ -65,7 +69,7 @@ bench-client: $(VENV)/.installed-bench
 	$(BIN)/python bench/client_bench.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache qlevents-data
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache qlevents-data qlevents-cluster
 
 # Long-running proofs (not part of `make test`): see reliability/README.md.
 reliability: dev

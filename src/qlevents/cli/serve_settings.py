@@ -240,8 +240,7 @@ def read_config(path: Path) -> dict[str, Any]:
         if key in CHOICES and not _chosen(key, value):
             also = "".join(f" or {prefix}HOST:PORT" for prefix in CHOICE_PREFIXES.get(key, ()))
             raise SettingsError(
-                f"{path}: {key} = {_toml(value)}:"
-                f" use {' or '.join(map(repr, CHOICES[key]))}{also}"
+                f"{path}: {key} = {_toml(value)}: use {' or '.join(map(repr, CHOICES[key]))}{also}"
             )
     try:
         return _convert(table, strict=True)

@@ -24,7 +24,7 @@ _DATE_ONLY: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def add_parser(commands: Commands) -> None:
-    """Add ``events`` and its subcommands ``export`` and ``prune``."""
+    """Add ``events`` and its subcommands ``export``, ``tail`` and ``prune``."""
     events = commands.add_parser("events", help="read stored events, or prune old ones")
     actions = add_commands(events)
     export = actions.add_parser(

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: serve test lint typecheck pytest browser nginx bench bench-client install dev clean openapi reliability soak dist
+.PHONY: serve cluster test lint typecheck pytest browser nginx bench bench-client install dev clean openapi reliability soak dist
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ dev: $(VENV)/.installed-dev
 
 serve: $(VENV)/.installed-server
 	$(BIN)/qlevents serve --demo --host $(HOST) --port $(PORT)
+
+# Three JetStream nodes and two ingest nodes on loopback (docs/cluster.md); Ctrl-C stops all.
+cluster: $(VENV)/.installed-server
+	$(BIN)/python -m qlevents.cluster_demo --dir qlevents-cluster
 
 lint: dev
 	$(BIN)/ruff check src tests bench reliability
@@ -91,7 +95,7 @@ dist: dev
 	$(BIN)/twine check --strict dist/*
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache qlevents-data dist
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache qlevents-data qlevents-cluster dist
 
 # Long-running proofs (not part of `make test`): see reliability/README.md.
 reliability: dev

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import ClassVar, Final, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from qlevents._exceptions import QleventsError
@@ -264,8 +264,84 @@ def _open_readonly(path: Path) -> sqlite3.Connection:
     return memory
 
 
+def new_account(name: str, endpoint: str | None) -> Account:
+    """A new active account named ``name`` (checked), with a fresh key and id."""
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise AccountError("an account name must be 1 to 200 characters")
+    return Account(
+        name=name,
+        client_key=new_client_key(),
+        status=ACTIVE,
+        endpoint=None if endpoint is None else normalize_endpoint(endpoint),
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        id=new_account_id(),
+    )
+
+
+def check_limit(rate: float | None, burst: float | None) -> None:
+    for name, value in (("rate", rate), ("burst", burst)):
+        if value is not None and not (value >= 0 and value < float("inf")):
+            raise AccountError(f"a {name} must be a finite number >= 0; got {value!r}")
+
+
+def check_grace(grace_seconds: float) -> None:
+    if not (0 <= grace_seconds <= MAX_GRACE_SECONDS):
+        raise AccountError(
+            f"a grace period must be 0 to {MAX_GRACE_SECONDS / 86400:g} days;"
+            f" got {grace_seconds!r} s"
+        )
+
+
+def working_keys_of(
+    accounts: Iterable[Account], previous: Iterable[PreviousKey], now: float
+) -> dict[str, Account]:
+    """Every key that works at ``now`` (current, or replaced and in its grace period)."""
+    by_id = {a.id: a for a in accounts}
+    keys = {a.client_key: a for a in by_id.values()}
+    for old in previous:
+        if old.expires_at > now and old.account_id in by_id:
+            keys[old.client_key] = by_id[old.account_id]
+    return keys
+
+
+class AccountBookLike(Protocol):
+    """What the server (its AccountDirectory, the admin API, the dashboard) and the CLI use
+    of an account book: :class:`AccountBook` (SQLite, one machine) and
+    :class:`~qlevents.accounts_jetstream.JetStreamAccountBook` (a NATS cluster's KV)."""
+
+    #: Seconds between the directory's checks of :meth:`data_version`.
+    poll_seconds: ClassVar[float]
+    #: Whether its methods may be called from any thread at once (writes then run off the
+    #: server's event loop).
+    thread_safe: ClassVar[bool]
+
+    def close(self) -> None: ...
+    def data_version(self) -> int: ...
+    def local_endpoint(self, default: str) -> str: ...
+    def record_local_endpoint(self, url: str) -> None: ...
+    def add(self, name: str, endpoint: str | None = None) -> Account: ...
+    def all(self) -> list[Account]: ...
+    def get(self, client_key: str) -> Account: ...
+    def get_by_id(self, account_id: str) -> Account: ...
+    def set_status(self, client_key: str, status: Status) -> Account: ...
+    def set_limit(self, client_key: str, rate: float | None, burst: float | None) -> Account: ...
+    def move(self, client_key: str, endpoint: str, local_endpoint: str) -> Account: ...
+    def rotate_key(
+        self, client_key: str, grace_seconds: float = DEFAULT_GRACE_SECONDS
+    ) -> tuple[Account, PreviousKey]: ...
+    def expire_key(self, client_key: str) -> PreviousKey: ...
+    def previous_keys(self, account_id: str | None = None) -> list[PreviousKey]: ...
+    def working_keys(self, now: float | None = None) -> dict[str, Account]: ...
+    def record_key_uses(self, uses: Mapping[str, float]) -> None: ...
+    def key_uses(self, keys: Iterable[str]) -> dict[str, float]: ...
+
+
 class AccountBook:
     """The accounts of one data directory, read and written with SQLite."""
+
+    poll_seconds: ClassVar[float] = 1.0
+    thread_safe: ClassVar[bool] = False
 
     def __init__(self, data_dir: str | Path, *, readonly: bool = False) -> None:
         """``readonly``: for commands that only read; creates nothing (a book that does not
@@ -301,17 +377,7 @@ class AccountBook:
     # --- accounts ----------------------------------------------------------------------------
 
     def add(self, name: str, endpoint: str | None = None) -> Account:
-        name = name.strip()
-        if not name or len(name) > 200:
-            raise AccountError("an account name must be 1 to 200 characters")
-        account = Account(
-            name=name,
-            client_key=new_client_key(),
-            status=ACTIVE,
-            endpoint=None if endpoint is None else normalize_endpoint(endpoint),
-            created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            id=new_account_id(),
-        )
+        account = new_account(name, endpoint)
         self._conn.execute(
             "INSERT INTO accounts (client_key, name, status, endpoint, created_at, id)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -350,9 +416,7 @@ class AccountBook:
     def set_limit(self, client_key: str, rate: float | None, burst: float | None) -> Account:
         """Give the account its own rate limit (None: back to the server's default)."""
         self.get(client_key)
-        for name, value in (("rate", rate), ("burst", burst)):
-            if value is not None and not (value >= 0 and value < float("inf")):
-                raise AccountError(f"a {name} must be a finite number >= 0; got {value!r}")
+        check_limit(rate, burst)
         self._conn.execute(
             "UPDATE accounts SET rate_limit = ?, burst = ? WHERE client_key = ?",
             (rate, burst, client_key),
@@ -383,11 +447,7 @@ class AccountBook:
         self, client_key: str, grace_seconds: float = DEFAULT_GRACE_SECONDS
     ) -> tuple[Account, PreviousKey]:
         """Give the account a new client key; the old one keeps working ``grace_seconds``."""
-        if not (0 <= grace_seconds <= MAX_GRACE_SECONDS):
-            raise AccountError(
-                f"a grace period must be 0 to {MAX_GRACE_SECONDS / 86400:g} days;"
-                f" got {grace_seconds!r} s"
-            )
+        check_grace(grace_seconds)
         account = self.get(client_key)
         now = time.time()
         old = PreviousKey(client_key, account.id, now, now + grace_seconds)
@@ -433,12 +493,7 @@ class AccountBook:
     def working_keys(self, now: float | None = None) -> dict[str, Account]:
         """Every key that works now, current or in its grace period, with its account."""
         now = time.time() if now is None else now
-        by_id = {a.id: a for a in self.all()}
-        keys = {a.client_key: a for a in by_id.values()}
-        for old in self.previous_keys():
-            if old.expires_at > now and old.account_id in by_id:
-                keys[old.client_key] = by_id[old.account_id]
-        return keys
+        return working_keys_of(self.all(), self.previous_keys(), now)
 
     def record_key_uses(self, uses: Mapping[str, float]) -> None:
         """Remember when each key was last used (a later time replaces an earlier one)."""

@@ -43,7 +43,7 @@ class TestMistakes:
                 "usage: qlevents accounts [",
                 "add, list, show, disable, enable, move, limit",
             ),
-            (["events"], "usage: qlevents events [", "export, prune"),
+            (["events"], "usage: qlevents events [", "export, tail, prune"),
             (["config"], "usage: qlevents config [", "show"),
         ],
     )
@@ -167,4 +167,4 @@ class TestStarting:
             check=False,
         )
         assert done.returncode == 2
-        assert done.stderr.endswith("Error: a command is required: export, prune\n")
+        assert done.stderr.endswith("Error: a command is required: export, tail, prune\n")

@@ -110,7 +110,7 @@ class TestDashboardGroup:
         config = write(
             tmp_path / "q.toml", "failed_keep = 50\nfailed_days = 2.5\nlive_keep = 100\n"
         )
-        env = {"QLEVENTS_KEY_GRACE_SECONDS": "3600", "QLEVENTS_LIVE_KEEP": "200"}
+            ('store = "redis"\n', "store = \"redis\": use 'sqlite' or 'memory' or nats://HOST:PORT"),
         resolved = resolve(options("--config", config, "--failed-per-second", "5"), environ=env)
         dashboard = resolved.settings.server.dashboard
         assert dashboard.key_grace_seconds == 3600.0

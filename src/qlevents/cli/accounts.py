@@ -14,11 +14,13 @@ from qlevents.cli.common import (
     data_dir_option,
     data_dir_path,
     default_endpoint,
+    store_option,
+    store_settings,
 )
 from qlevents.cli.errors import CommandError
 
 if TYPE_CHECKING:
-    from qlevents.accounts import Account, AccountBook
+    from qlevents.accounts import Account, AccountBookLike
 
 ACCOUNT_HELP: Final = "the account's client key, or its name"
 #: Actions that only read the book: they create nothing (a mistyped --data-dir is an error).
@@ -30,6 +32,7 @@ def add_parser(commands: Commands) -> None:
     accounts = commands.add_parser("accounts", help="manage accounts (client keys)")
     actions = add_commands(accounts, dest="action")
     common = Parser(add_help=False, parents=[data_dir_option()])
+    store_option(common)
     common.add_argument("--json", action="store_true", help="machine-readable output")
     common.add_argument(
         "--endpoint-url", help="this installation's endpoint URL (env QLEVENTS_ENDPOINT_URL)"
@@ -58,15 +61,21 @@ def add_parser(commands: Commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Do ``args.action`` on the account book of the data directory and print the result."""
+    """Do ``args.action`` on the account book (the data directory's, or with ``--store
+    nats://...`` the cluster's) and print the result."""
     from qlevents.accounts import ACCOUNTS_FILE, ACTIVE, DISABLED, AccountBook
     from qlevents.datadir import require
+    from qlevents.store.factory import build_account_book
 
     action = args.action
-    data_dir = data_dir_path(args)
-    if action == "add":  # the first account may come before the first serve
-        book = AccountBook(data_dir)
+    settings = store_settings(args)
+    book: AccountBookLike
+    if settings.is_nats:  # the cluster's book; the data directory plays no part
+        book = build_account_book(settings, data_dir_path(args), readonly=action in READ_ONLY)
+    elif action == "add":  # the first account may come before the first serve
+        book = AccountBook(data_dir_path(args))
     else:  # without a book there is no account to change: nothing to create either
+        data_dir = data_dir_path(args)
         no_book = not (require(data_dir) / ACCOUNTS_FILE).exists()
         book = AccountBook(data_dir, readonly=action in READ_ONLY or no_book)
     try:
@@ -101,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         book.close()
 
 
-def find(book: AccountBook, typed: str) -> Account:
+def find(book: AccountBookLike, typed: str) -> Account:
     """The account whose client key, else whose name, is ``typed``; a name that several
     accounts share is refused with their keys."""
     accounts = book.all()

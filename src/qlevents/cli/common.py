@@ -138,14 +138,32 @@ def data_dir_path(args: argparse.Namespace) -> Path:
     return _resolve(args).settings.server.data_dir
 
 
+def store_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--store``, for the commands that read or write the store or the accounts."""
+    parser.add_argument(
+        "--store",
+        metavar="STORE",
+        help="sqlite (the data directory's), or a NATS cluster: nats://HOST:PORT[,...]"
+        " (env QLEVENTS_STORE)",
+    )
+
+
 def store_settings(args: argparse.Namespace) -> StoreSettings:
-    """The event store's settings: from the environment, else the config file, else defaults."""
+    """The event store's settings: ``--store``, then the environment, else the config file,
+    else defaults."""
+    from msgspec.structs import asdict
+
+    from qlevents.store.factory import StoreSettings
+
     if config_file(args) is None:
         from qlevents.settings import from_env
-        from qlevents.store.factory import StoreSettings
 
-        return from_env(StoreSettings)
-    return _resolve(args).settings.server.storage
+        settings = from_env(StoreSettings)
+    else:
+        settings = _resolve(args).settings.server.storage
+    if getattr(args, "store", None):
+        return StoreSettings(**{**asdict(settings), "store": args.store})
+    return settings
 
 
 def _resolve(args: argparse.Namespace) -> Resolved:

@@ -14,6 +14,7 @@ from qlevents.cli.common import (
     add_commands,
     data_dir_option,
     data_dir_path,
+    store_option,
     store_settings,
 )
 from qlevents.cli.errors import CommandError
@@ -24,7 +25,7 @@ _DATE_ONLY: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def add_parser(commands: Commands) -> None:
-    """Add ``events`` and its subcommands ``export`` and ``prune``."""
+    """Add ``events`` and its subcommands ``export``, ``tail`` and ``prune``."""
     events = commands.add_parser("events", help="read stored events, or prune old ones")
     actions = add_commands(events)
     export = actions.add_parser(
@@ -55,7 +56,21 @@ def add_parser(commands: Commands) -> None:
         metavar="POSITION",
         help="only events after this position (the last one a previous export printed)",
     )
+    store_option(export)
     export.set_defaults(handler=run_export)
+    tail = actions.add_parser(
+        "tail",
+        parents=[data_dir_option()],
+        help="write stored events as NDJSON as export does; with --follow, then each new one"
+        " as it is stored, until Ctrl-C",
+    )
+    tail.add_argument("--client-key", help="only this account's events")
+    tail.add_argument(
+        "--after", type=int, default=0, metavar="POSITION", help="only events after this position"
+    )
+    tail.add_argument("--follow", "-f", action="store_true", help="wait for new events")
+    store_option(tail)
+    tail.set_defaults(handler=run_tail)
     prune = actions.add_parser(
         "prune",
         parents=[data_dir_option()],
@@ -93,7 +108,10 @@ def run_export(args: argparse.Namespace) -> int:
         )
     if args.after < 0:
         raise CommandError(f"--after must be a position (0 or more); got {args.after}", 2)
-    store = build_store(store_settings(args), require(data_dir_path(args)), read_only=True)
+    settings = store_settings(args)
+    # A cluster's events are in its stream: the data directory plays no part.
+    data_dir = data_dir_path(args) if settings.is_nats else require(data_dir_path(args))
+    store = build_store(settings, data_dir, read_only=True)
     encoder = msgspec.json.Encoder()
     out = sys.stdout.buffer
 
@@ -153,6 +171,51 @@ def export_failed(args: argparse.Namespace) -> int:
             out.write(line)
     finally:
         ledger.close()
+    out.flush()
+    return 0
+
+
+#: Seconds ``tail --follow`` waits before it reads again when there was nothing new.
+FOLLOW_POLL: Final = 0.5
+
+
+def run_tail(args: argparse.Namespace) -> int:
+    """Write the stored events after ``--after`` as ``export`` does; with ``--follow`` go on
+    writing each new one (read from the store every half second) until interrupted."""
+    import asyncio
+    import contextlib
+
+    import msgspec
+
+    from qlevents.datadir import require
+    from qlevents.store.factory import build_store
+
+    if args.after < 0:
+        raise CommandError(f"--after must be a position (0 or more); got {args.after}", 2)
+    settings = store_settings(args)
+    data_dir = data_dir_path(args) if settings.is_nats else require(data_dir_path(args))
+    store = build_store(settings, data_dir, read_only=True)
+    encoder = msgspec.json.Encoder()
+    out = sys.stdout.buffer
+
+    async def tail() -> None:
+        await store.open()
+        try:
+            position = args.after
+            while True:
+                batch = await store.read(position, EXPORT_PAGE, args.client_key)
+                for position, event in batch:
+                    out.write(b'{"position":%d,' % position + encoder.encode(event)[1:] + b"\n")
+                out.flush()
+                if len(batch) < EXPORT_PAGE:
+                    if not args.follow:
+                        return
+                    await asyncio.sleep(FOLLOW_POLL)
+        finally:
+            await store.close()
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends --follow: not an error
+        asyncio.run(tail())
     out.flush()
     return 0
 

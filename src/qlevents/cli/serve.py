@@ -13,9 +13,13 @@ import shutil
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qlevents.cli.common import Commands, default_endpoint
 from qlevents.cli.errors import CommandError
+
+if TYPE_CHECKING:
+    from qlevents.server.config import Settings
 
 SERVER_EXTRA = "pip install 'qlevents[server]'"
 
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         check_port(listen.admin_host, settings.admin_port, "--admin-port")
     with ServeLock(settings.data_dir):
         dashboard = default_endpoint(listen.host, listen.port).removesuffix("events") + "ui/"
-        _prepare_accounts(settings.data_dir, endpoint, dashboard, demo=args.demo)
+        _prepare_accounts(settings, endpoint, dashboard, demo=args.demo)
         run_server(
             settings,
             host=listen.host,
@@ -120,16 +124,20 @@ def check_port(host: str, port: int, option: str) -> None:
             ) from None
 
 
-def _prepare_accounts(data_dir: Path, endpoint: str, dashboard: str, *, demo: bool) -> None:
+def _prepare_accounts(settings: Settings, endpoint: str, dashboard: str, *, demo: bool) -> None:
     """Record the endpoint; with ``demo``, create the account 'demo' on first run; without
     it, say how to create an account when there is none. Then say where the dashboard is,
-    and while it has no user, how to create one to sign in with."""
-    from qlevents.accounts import AccountBook
+    and while it has no user, how to create one to sign in with. On a NATS cluster the book
+    is the cluster's (every node's), so the first node to start makes the demo account; the
+    dashboard's users are each node's own (its data directory)."""
+    from qlevents.store.factory import build_account_book
     from qlevents.users import UserStore
 
     run = _program()
-    where = f"--data-dir {shlex.quote(str(data_dir))}"
-    book = AccountBook(data_dir)
+    data_dir = settings.data_dir
+    local = f"--data-dir {shlex.quote(str(data_dir))}"
+    where = f"--store {settings.storage.store}" if settings.storage.is_nats else local
+    book = build_account_book(settings.storage, data_dir)
     users = UserStore(data_dir)
     try:
         book.record_local_endpoint(endpoint)
@@ -162,9 +170,9 @@ def _prepare_accounts(data_dir: Path, endpoint: str, dashboard: str, *, demo: bo
             f"Dashboard: {dashboard} (no user yet)",
             "Create an operator" + (", or a member of 'demo'," if demos else "")
             + " to sign in with (then type a password of 10+ characters, and Enter):",
-            f"  {run} users add you@example.com --operator --password-stdin {where}",
+            f"  {run} users add you@example.com --operator --password-stdin {local}",
             *(f"  {run} users add dev@shop.example --account {a.client_key} --password-stdin"
-              f" {where}" for a in demos[:1]),
+              f" {local}" for a in demos[:1]),
         ]  # fmt: skip
         print("\n".join(lines) + "\n", flush=True)
     finally:

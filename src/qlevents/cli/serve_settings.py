@@ -61,18 +61,11 @@ HELP: Final = {
     "max_body_bytes": "largest body after decompression, in bytes; 413 above",
     "max_events": "most events in one request; 413 above",
     "admin_token": "enable the admin API with this bearer token",
-    "store": "where events are kept: sqlite (in the data directory), memory (nothing survives"
-    " a restart), or a NATS JetStream cluster: nats://HOST:PORT[,nats://HOST:PORT...]",
+    "store": "where events are kept: sqlite, memory (nothing survives a restart), or a NATS"
+    " JetStream cluster: nats://HOST:PORT[,nats://HOST:PORT...] (docs/cluster.md)",
     "synchronous": "SQLite durability; nothing weaker is offered",
     "max_pending_events": "events waiting for a commit before the API answers 503",
     "retain_days": "prune events older than this many days, every hour; 0: keep them all",
-    "allow_lazy_fsync": "cluster store: start even when the NATS servers do not fsync every"
-    " write (acknowledged events can then be lost in a power failure: docs/cluster.md)",
-    "nats_publish_timeout": "cluster store: seconds one publish waits for the stream's answer",
-    "nats_retry_seconds": "cluster store: seconds an append keeps retrying (a leader election)"
-    " before the API answers 503",
-    "nats_max_bytes": "cluster store: the stream's size limit in bytes; full, it answers 503",
-    "nats_prefix": "cluster store: subjects start with PREFIX.v1, the stream is named PREFIX",
     "access_log": "one log line per request",
     "access_log_probes": "log the health probes' successful answers too (/healthz, /readyz)",
     "log_file": "write the log to this file instead of standard error; reopened on SIGHUP",
@@ -94,9 +87,21 @@ HELP: Final = {
     "failed_keep": "dashboard: newest failed events kept per account",
     "failed_days": "dashboard: days failed events are kept",
     "activity_flush_seconds": "dashboard: seconds between two writes of the activity ledger",
+    "allow_lazy_fsync": "on a NATS cluster: start even if its servers do not fsync every write"
+    " (acknowledged events may be lost in a power failure; docs/cluster.md)",
+    "nats_publish_timeout": "on a NATS cluster: seconds one publish waits for the stream",
+    "nats_retry_seconds": "on a NATS cluster: seconds an append keeps retrying before 503",
+    "nats_max_bytes": "on a NATS cluster: the stream's size limit in bytes; full: 503",
+    "nats_prefix": "on a NATS cluster: subjects start with PREFIX.v1, the stream is PREFIX",
+    "cluster_nodes": "on a NATS cluster: ingest nodes sharing each account's rate limit"
+    " (each enforces limit/N)",
 }
 #: Defaults that other settings make, as the help shows them.
 DERIVED: Final = {"endpoint_url": "http://HOST:PORT/events"}
+#: Text settings that must be one of a few words.
+CHOICES: Final = {"store": ("sqlite", "memory")}
+#: Values a setting of CHOICES may also have: those starting with these.
+CHOICE_PREFIXES: Final = {"store": ("nats://", "tls://")}
 #: Settings ``config show`` does not print.
 SECRET: Final = frozenset({"admin_token"})
 
@@ -166,6 +171,10 @@ def add_options(parser: argparse.ArgumentParser) -> None:
             options["action"] = argparse.BooleanOptionalAction
         elif isinstance(kind, msgspec.inspect.LiteralType):
             options["choices"] = kind.values
+        elif setting.name in CHOICE_PREFIXES:  # a word of CHOICES, or a URL
+            options["metavar"] = setting.name.upper()
+        elif setting.name in CHOICES:
+            options["choices"] = CHOICES[setting.name]
         elif isinstance(kind, msgspec.inspect.IntType | msgspec.inspect.FloatType):
             options["type"] = int if isinstance(kind, msgspec.inspect.IntType) else float
             options["metavar"] = "N"
@@ -238,14 +247,25 @@ def read_config(path: Path) -> dict[str, Any]:
         raise SettingsError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"the config file {path} is not valid TOML: {exc}") from None
-    for key in table:
+    for key, value in table.items():
         if key not in BY_NAME:
             raise SettingsError(f"{path}: unknown key {key!r}{_did_you_mean(key)}")
+        if key in CHOICES and not _chosen(key, value):
+            also = "".join(f" or {prefix}HOST:PORT" for prefix in CHOICE_PREFIXES.get(key, ()))
+            raise SettingsError(
+                f"{path}: {key} = {_toml(value)}: use {' or '.join(map(repr, CHOICES[key]))}{also}"
+            )
     try:
         return _convert(table, strict=True)
     except msgspec.ValidationError as exc:
         name, detail = _failed(exc)
         raise SettingsError(f"{path}: {name} = {_toml(table[name])}: {detail}") from None
+
+
+def _chosen(key: str, value: object) -> bool:
+    if value in CHOICES[key]:
+        return True
+    return isinstance(value, str) and value.startswith(CHOICE_PREFIXES.get(key, ()))
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -301,7 +321,12 @@ def _failed(exc: msgspec.ValidationError) -> tuple[str, str]:
     """The setting a conversion failed on (msgspec says ``$.server.workers``), and why."""
     found = _AT.search(str(exc))
     assert found, str(exc)
-    return found.group(1).rsplit(".", 1)[-1], _AT.sub("", str(exc))
+    name, detail = found.group(1).rsplit(".", 1)[-1], _AT.sub("", str(exc))
+    if name not in BY_NAME:  # a group's own check (the store's): its message names the variable
+        named = [x for x in SETTINGS if x.variable + "=" in detail]
+        assert named, str(exc)
+        name, detail = named[0].name, detail.split(": ", 1)[-1]
+    return name, detail
 
 
 def _toml(value: object) -> str:

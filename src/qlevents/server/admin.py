@@ -10,7 +10,8 @@
 
 Mounted at /admin (app.py) only when an admin token is configured. Every answer, errors
 included, is JSON; an error is ``{"code", "message"}``: 401 without the token, 404 for no such
-route or account, 400 for a body or value it refuses, 413 for a body over 64 KiB.
+route or account, 400 for a body or value it refuses, 413 for a body over 64 KiB, 503 (with
+Retry-After) when the book cannot take a change (a cluster node cut off from its quorum).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.routing import Route, Router
 
+from qlevents._exceptions import StoreUnavailableError
 from qlevents.accounts import ACTIVE, DISABLED, AccountError, AccountNotFoundError, Status
 from qlevents.server.directory import AccountDirectory
 from qlevents.server.responses import MsgspecJSONResponse, send_problem
@@ -89,6 +91,8 @@ class Admin:
             await send_problem(
                 send, 404, "not_found", f"no admin route {scope['method']} {scope['path']}"
             )
+        except StoreUnavailableError as exc:  # the cluster's book takes no change now
+            await send_problem(send, 503, "unavailable", str(exc), [(b"retry-after", b"2")])
         except AccountNotFoundError as exc:
             await send_problem(send, 404, "account_error", str(exc))
         except AccountError as exc:
@@ -113,7 +117,7 @@ class Admin:
 
     async def add_account(self, request: Request) -> MsgspecJSONResponse:
         new = msgspec.json.decode(await _small_body(request), type=_NewAccount)
-        account = self.directory.change(lambda book: book.add(new.name, new.endpoint))
+        account = await self.directory.change_async(lambda book: book.add(new.name, new.endpoint))
         return MsgspecJSONResponse(account.as_dict(self.directory.local_endpoint), 201)
 
     async def show_account(self, request: Request) -> MsgspecJSONResponse:
@@ -129,19 +133,23 @@ class Admin:
     async def move_account(self, request: Request) -> MsgspecJSONResponse:
         move = msgspec.json.decode(await _small_body(request), type=_Move)
         key, local = request.path_params["key"], self.directory.local_endpoint
-        account = self.directory.change(lambda book: book.move(key, move.endpoint, local))
+        account = await self.directory.change_async(
+            lambda book: book.move(key, move.endpoint, local)
+        )
         return MsgspecJSONResponse(account.as_dict(local))
 
     async def limit_account(self, request: Request) -> MsgspecJSONResponse:
         limit = msgspec.json.decode(await _small_body(request), type=_Limit)
         key = request.path_params["key"]
-        account = self.directory.change(lambda book: book.set_limit(key, limit.rate, limit.burst))
+        account = await self.directory.change_async(
+            lambda book: book.set_limit(key, limit.rate, limit.burst)
+        )
         return MsgspecJSONResponse(account.as_dict(self.directory.local_endpoint))
 
     async def _set_status(self, request: Request, status: Status) -> MsgspecJSONResponse:
         await _small_body(request)  # none is needed, but one over the limit is still refused
         key = request.path_params["key"]
-        account = self.directory.change(lambda book: book.set_status(key, status))
+        account = await self.directory.change_async(lambda book: book.set_status(key, status))
         return MsgspecJSONResponse(account.as_dict(self.directory.local_endpoint))
 
 

@@ -27,7 +27,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 
 from qlevents._exceptions import StoreUnavailableError
-from qlevents.accounts import KEY_PREFIX, AccountBook
+from qlevents.accounts import KEY_PREFIX
 from qlevents.server.access_log import AccessLog
 from qlevents.server.admin import Admin
 from qlevents.server.body import ClientDisconnected
@@ -39,7 +39,7 @@ from qlevents.server.ratelimit import RateLimiter
 from qlevents.server.responses import MsgspecJSONResponse, send_problem, send_request_error
 from qlevents.server.types import Message, Receive, Scope, Send
 from qlevents.store.base import EventStore
-from qlevents.store.factory import build_store
+from qlevents.store.factory import build_account_book, build_store
 from qlevents.ui import Dashboard
 
 log: Final = logging.getLogger("qlevents.server")
@@ -63,11 +63,20 @@ class EventsApp:
         self.store = (
             store
             if store is not None
-            else build_store(settings.storage, settings.data_dir, observer=self.metrics.commit)
+            else build_store(
+                settings.storage,
+                settings.data_dir,
+                observer=self.metrics.commit,
+                publish_observer=self.metrics.publish,
+            )
         )
-        self.directory = AccountDirectory(AccountBook(settings.data_dir), settings.endpoint_url)
+        self.directory = AccountDirectory(
+            build_account_book(settings.storage, settings.data_dir), settings.endpoint_url
+        )
+        # Each worker of each ingest node holds its share of every limit (docs/cluster.md).
+        nodes = settings.storage.cluster_nodes if settings.storage.is_nats else 1
         limiter = RateLimiter(
-            settings.rate_limit, settings.rate_burst, share=1 / max(1, settings.workers)
+            settings.rate_limit, settings.rate_burst, share=1 / (max(1, settings.workers) * nodes)
         )
         self.directory.listeners.append(limiter.update)
         self.ingest = Ingest(

@@ -1,9 +1,11 @@
 """The server's in-memory view of the account book, kept fresh without a query per request,
 and the checks an event's account must pass.
 
-Each worker holds a snapshot (client key -> account). A background task asks SQLite every
-second whether another connection changed the book (``PRAGMA data_version``, a few µs) and
-reloads it if so; changes made through this worker's admin API apply at once.
+Each worker holds a snapshot (client key -> account). A background task asks the book every
+``book.poll_seconds`` whether anything changed it (SQLite: ``PRAGMA data_version``, a few µs,
+every second; the cluster's book: a counter its watch of the bucket moves, every 0.1 s) and
+reloads it if so; changes made through this worker's admin API apply at once. The cluster's
+book answers from memory: a node cut off from the cluster keeps its last snapshot.
 """
 
 from __future__ import annotations
@@ -12,24 +14,23 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Final, TypeVar
+from typing import TypeVar
 
 from qlevents.accounts import (
     ACTIVE,
     Account,
-    AccountBook,
+    AccountBookLike,
     PreviousKey,
     key_problem,
     normalize_endpoint,
 )
 from qlevents.events import ErrorEntry
 
-POLL_SECONDS: Final = 1.0
 T = TypeVar("T")
 
 
 class AccountDirectory:
-    def __init__(self, book: AccountBook, local_endpoint: str) -> None:
+    def __init__(self, book: AccountBookLike, local_endpoint: str) -> None:
         self.book = book
         self.local_endpoint = normalize_endpoint(local_endpoint)
         #: Every working key (current, or replaced and in its grace period) -> its account.
@@ -73,9 +74,18 @@ class AccountDirectory:
             index, "client_key", problem.code, problem.message, endpoint=problem.endpoint
         )
 
-    def change(self, operation: Callable[[AccountBook], T]) -> T:
+    def change(self, operation: Callable[[AccountBookLike], T]) -> T:
         """Apply ``operation`` to the book and refresh the snapshot at once."""
         result = operation(self.book)
+        self.reload()
+        return result
+
+    async def change_async(self, operation: Callable[[AccountBookLike], T]) -> T:
+        """:meth:`change` from the event loop: a book that writes over the network does it
+        in a thread, so that requests go on meanwhile."""
+        if not self.book.thread_safe:
+            return self.change(operation)
+        result = await asyncio.to_thread(operation, self.book)
         self.reload()
         return result
 
@@ -92,6 +102,6 @@ class AccountDirectory:
 
     async def _poll(self) -> None:
         while True:
-            await asyncio.sleep(POLL_SECONDS)
+            await asyncio.sleep(self.book.poll_seconds)
             if self.book.data_version() != self._version or time.time() >= self._next_expiry:
                 self.reload()

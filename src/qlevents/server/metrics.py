@@ -7,7 +7,7 @@ With ``--workers N`` each worker writes its values to ``PROMETHEUS_MULTIPROC_DIR
 from __future__ import annotations
 
 import os
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,6 +19,9 @@ from prometheus_client import (
 )
 
 from qlevents.store.base import CommitStats
+
+if TYPE_CHECKING:
+    from qlevents.store.jetstream import PublishStats
 
 _LATENCY_BUCKETS: Final = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -61,6 +64,21 @@ class Metrics:
             "qlevents_commit_group_events", "Events committed together (group commit).",
             buckets=(1, 10, 100, 1000, 10_000, 100_000), registry=r,
         )  # fmt: skip
+        # The cluster store (JetStream): each append's publish, its retries and outcome.
+        self.publish_seconds = Histogram(
+            "qlevents_publish_duration_seconds",
+            "Time of one append to the NATS stream, retries included.",
+            buckets=(*_LATENCY_BUCKETS, 10.0, 20.0), registry=r,
+        )  # fmt: skip
+        self.publish_retries = Counter(
+            "qlevents_publish_retries", "Publishes to the NATS stream sent again.", registry=r
+        )
+        self.publish_outcomes = Counter(
+            "qlevents_publish_outcomes",
+            "Appends to the NATS stream by outcome: stored, replayed (a key's first answer),"
+            " full, unavailable, unknown (the last three answered 503).",
+            ["outcome"], registry=r,
+        )  # fmt: skip
         self._requests_children: dict[tuple[str, int], Counter] = {}
 
     def request(self, route: str, status: int) -> None:
@@ -74,6 +92,12 @@ class Metrics:
         self.commit_seconds.observe(stats.seconds)
         self.commit_requests.observe(stats.requests)
         self.commit_events.observe(stats.events)
+
+    def publish(self, stats: PublishStats) -> None:
+        self.publish_seconds.observe(stats.seconds)
+        if stats.attempts > 1:
+            self.publish_retries.inc(stats.attempts - 1)
+        self.publish_outcomes.labels(stats.outcome).inc()
 
     def exposition(self) -> bytes:
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:

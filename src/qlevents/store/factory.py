@@ -21,6 +21,7 @@ from qlevents.settings import SettingsError
 from qlevents.store.base import CommitObserver, EventStore
 
 if TYPE_CHECKING:
+    from qlevents.accounts import AccountBookLike
     from qlevents.store.jetstream import PublishObserver
 
 #: The embedded store's file in the data directory.
@@ -54,6 +55,9 @@ class StoreSettings(msgspec.Struct, frozen=True, kw_only=True):
     nats_max_bytes: Annotated[int, msgspec.Meta(ge=1 << 20)] = 10 << 30
     #: Subjects start with <prefix>.v1 and the stream is named <PREFIX>.
     nats_prefix: str = "qlevents"
+    #: Ingest nodes behind the load balancer: each enforces 1/cluster_nodes of every
+    #: account's rate limit, so the installation admits the limit (docs/cluster.md).
+    cluster_nodes: Annotated[int, msgspec.Meta(ge=1)] = 1
 
     def __post_init__(self) -> None:
         if self.store not in STORE_KINDS and not self.is_nats:
@@ -122,3 +126,19 @@ def build_store(
         read_only=read_only,
         retain_seconds=settings.retain_days * 86_400,
     )
+
+
+def build_account_book(
+    settings: StoreSettings, data_dir: Path, *, readonly: bool = False
+) -> AccountBookLike:
+    """The account book beside the store ``settings`` name: the data directory's SQLite
+    book, or on a NATS cluster the bucket every node shares (opened: it connects now)."""
+    if settings.is_nats:
+        from qlevents.accounts_jetstream import JetStreamAccountBook
+
+        return JetStreamAccountBook(
+            settings.nats_servers, prefix=settings.nats_prefix, readonly=readonly
+        )
+    from qlevents.accounts import AccountBook
+
+    return AccountBook(data_dir, readonly=readonly)

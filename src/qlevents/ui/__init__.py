@@ -7,6 +7,7 @@ the ledger, the users, and the Starlette app of the pages (:func:`build_ui`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 from qlevents import settings as _settings
 from qlevents.accounts import AccountBook
@@ -36,9 +37,11 @@ class Dashboard:
         self.directory = directory
         self.ledger = ActivityLedger(data_dir)
         self.users = UserStore(data_dir)
-        self._book = AccountBook(data_dir)
+        # On a NATS cluster, the book every node shares (thread-safe: one for both uses).
+        shared = cast(AccountBook, directory.book) if directory.book.thread_safe else None
+        self._book = shared or AccountBook(data_dir)
         # Written from the recorder's flushing thread only, at most once a minute.
-        self._uses_book = AccountBook(data_dir)
+        self._uses_book = shared or AccountBook(data_dir)
         self.recorder = ActivityRecorder(
             self.ledger, self._account_of, self.settings.activity, self._uses_book.record_key_uses
         )

@@ -208,3 +208,33 @@ class TestBounds:
         recorder.record(_stored("qlk_b", 1), [], [], 101.0, 101.0)
         recorder.flush()
         assert written == [{"qlk_a": 100.0}]
+
+
+class TestStop:
+    @pytest.mark.anyio
+    async def test_stop_waits_for_a_write_already_running(self, ledger: ActivityLedger) -> None:
+        """Stopping during a flush waits for it: the two writes never overlap (they share
+        one SQLite connection, and the books are closed right after stop)."""
+        import asyncio
+        import threading
+
+        recorder = _recorder(ledger, activity_flush_seconds=0.01)
+        inside, overlaps = threading.Lock(), []
+        write = recorder._write
+
+        def slow_write(pending: object) -> None:
+            if not inside.acquire(blocking=False):
+                overlaps.append(pending)
+                return
+            try:
+                time.sleep(0.2)
+                write(pending)  # type: ignore[arg-type]
+            finally:
+                inside.release()
+
+        recorder._write = slow_write  # type: ignore[method-assign]
+        recorder.record(_stored("qlk_a", 1), [], [], time.time(), time.time())
+        await recorder.start()
+        await asyncio.sleep(0.05)  # the first flush is in its thread now
+        await recorder.stop()
+        assert overlaps == []

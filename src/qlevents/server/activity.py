@@ -161,6 +161,7 @@ class ActivityRecorder:
         self._uses: dict[str, float] = {}
         self._uses_written = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._writing: asyncio.Future[None] | None = None  # the write running in a thread
 
     def record(
         self,
@@ -255,6 +256,12 @@ class ActivityRecorder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        # Cancelling the task does not stop a write already running in its thread: wait for
+        # it, so that the last write below (and the books' closing after it) never overlap.
+        if self._writing is not None:
+            with contextlib.suppress(Exception):
+                await self._writing
+            self._writing = None
         await asyncio.to_thread(self._write, self._take())
 
     async def _flush_forever(self) -> None:
@@ -262,8 +269,11 @@ class ActivityRecorder:
             await asyncio.sleep(self.settings.activity_flush_seconds)
             # Taken on the event loop, where record() runs: no request adds to it meanwhile.
             pending = self._take()
+            self._writing = asyncio.ensure_future(asyncio.to_thread(self._write, pending))
             try:
-                await asyncio.to_thread(self._write, pending)
+                await asyncio.shield(self._writing)
+            except asyncio.CancelledError:
+                raise
             except Exception:  # the ledger must never take the service down
                 log.exception("could not write the activity ledger")
 

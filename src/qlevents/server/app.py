@@ -91,7 +91,9 @@ class EventsApp:
         )
         self.openapi = (resources.files("qlevents.server") / "openapi.json").read_bytes()
         self.access_log = AccessLog() if settings.access_log else None
-        self.dashboard = Dashboard(settings.data_dir, self.directory, self.ingest)
+        self.dashboard = Dashboard(
+            settings.data_dir, self.directory, self.ingest, settings.dashboard
+        )
         self.unlogged = frozenset() if settings.access_log_probes else PROBES
 
         # One route table per listener. With --admin-port the admin API has that listener to

@@ -93,19 +93,26 @@ def add_parser(commands: Commands) -> None:
 def run_export(args: argparse.Namespace) -> int:
     """Write every stored event after ``--after`` (of one account, or all) to stdout, each
     line an object whose first field is the event's ``position``."""
-    import asyncio
-
-    import msgspec
-
-    from qlevents.datadir import require
-    from qlevents.store.factory import build_store
-
     if args.failed:
         return export_failed(args)
     if args.account is not None:
         raise CommandError(
             "--account goes with --failed; stored events are chosen by --client-key", 2
         )
+    return write_stored(args, follow=False)
+
+
+def write_stored(args: argparse.Namespace, *, follow: bool) -> int:
+    """The stored events after ``--after`` as NDJSON on stdout, ``{"position": N, ...}``;
+    with ``follow``, then each new one (read every :data:`FOLLOW_POLL` s) until Ctrl-C."""
+    import asyncio
+    import contextlib
+
+    import msgspec
+
+    from qlevents.datadir import require
+    from qlevents.store.factory import build_store
+
     if args.after < 0:
         raise CommandError(f"--after must be a position (0 or more); got {args.after}", 2)
     settings = store_settings(args)
@@ -115,7 +122,7 @@ def run_export(args: argparse.Namespace) -> int:
     encoder = msgspec.json.Encoder()
     out = sys.stdout.buffer
 
-    async def export() -> None:
+    async def write() -> None:
         await store.open()
         try:
             position = args.after
@@ -125,11 +132,16 @@ def run_export(args: argparse.Namespace) -> int:
                     # {"position": N, <the event's fields>}: the event encodes as an object.
                     out.write(b'{"position":%d,' % position + encoder.encode(event)[1:] + b"\n")
                 if len(batch) < EXPORT_PAGE:
-                    break
+                    if not follow:
+                        return
+                    out.flush()
+                    await asyncio.sleep(FOLLOW_POLL)
         finally:
             await store.close()
 
-    asyncio.run(export())
+    # Ctrl-C is how --follow ends (not an error); it interrupts an export (exit 130).
+    with contextlib.suppress(*((KeyboardInterrupt,) if follow else ())):
+        asyncio.run(write())
     out.flush()
     return 0
 
@@ -182,42 +194,7 @@ FOLLOW_POLL: Final = 0.5
 def run_tail(args: argparse.Namespace) -> int:
     """Write the stored events after ``--after`` as ``export`` does; with ``--follow`` go on
     writing each new one (read from the store every half second) until interrupted."""
-    import asyncio
-    import contextlib
-
-    import msgspec
-
-    from qlevents.datadir import require
-    from qlevents.store.factory import build_store
-
-    if args.after < 0:
-        raise CommandError(f"--after must be a position (0 or more); got {args.after}", 2)
-    settings = store_settings(args)
-    data_dir = data_dir_path(args) if settings.is_nats else require(data_dir_path(args))
-    store = build_store(settings, data_dir, read_only=True)
-    encoder = msgspec.json.Encoder()
-    out = sys.stdout.buffer
-
-    async def tail() -> None:
-        await store.open()
-        try:
-            position = args.after
-            while True:
-                batch = await store.read(position, EXPORT_PAGE, args.client_key)
-                for position, event in batch:
-                    out.write(b'{"position":%d,' % position + encoder.encode(event)[1:] + b"\n")
-                out.flush()
-                if len(batch) < EXPORT_PAGE:
-                    if not args.follow:
-                        return
-                    await asyncio.sleep(FOLLOW_POLL)
-        finally:
-            await store.close()
-
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends --follow: not an error
-        asyncio.run(tail())
-    out.flush()
-    return 0
+    return write_stored(args, follow=args.follow)
 
 
 def run_prune(args: argparse.Namespace) -> int:

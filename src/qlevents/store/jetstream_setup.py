@@ -32,6 +32,9 @@ log: Final = logging.getLogger("qlevents.store")
 VARZ_TIMEOUT: Final = 2.0
 #: Replicas of the stream on a cluster of three or more servers.
 REPLICAS: Final = 3
+#: JetStream errors answered 4xx that pass by themselves while a cluster (re)starts: 10005
+#: "no suitable peers for placement, peer offline" until every peer has been seen online.
+TRANSIENT_ERR_CODES: Final = frozenset({10005})
 
 
 async def connect(servers: Sequence[str], deadline: float, closing: Callable[[], bool]) -> Client:
@@ -85,7 +88,7 @@ async def retrying(deadline: float, what: str, step: Callable[[], Awaitable[None
         except (NatsTimeoutError, ServiceUnavailableError, NoRespondersError) as exc:
             reason = str(exc) or type(exc).__name__
         except APIError as exc:
-            if exc.code is None or exc.code < 500:
+            if (exc.code is None or exc.code < 500) and exc.err_code not in TRANSIENT_ERR_CODES:
                 raise StoreUnavailableError(
                     f"JetStream refused {what}: {exc.description} (error {exc.err_code})"
                 ) from exc

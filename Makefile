@@ -37,8 +37,12 @@ lint: dev
 typecheck: dev
 	$(BIN)/mypy
 
+# Test processes (pytest-xdist): most tests wait on the servers, browsers and NATS nodes
+# they start, so more processes than cores pay (docs/architecture.md, "The test suite").
+# TEST_PROCESSES=0 runs in this process (for a debugger, or -x).
+TEST_PROCESSES ?= 4
 pytest: dev browser nginx
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_PROCESSES)
 
 # The dashboard's browser tests drive Debian's Chromium (Playwright cannot download its own
 # browsers here). As root, install it if it is missing; otherwise those tests skip, except
@@ -99,6 +103,7 @@ clean:
 
 # Long-running proofs (not part of `make test`): see reliability/README.md.
 reliability: dev
+	QLEVENTS_PROPERTY_SCALE=10 $(BIN)/pytest -q tests/server/test_properties.py
 	$(BIN)/python -m reliability.crash_cycles
 	$(BIN)/python -m reliability.soak --quick
 	$(BIN)/python -m reliability.schemathesis_run

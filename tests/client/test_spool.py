@@ -195,6 +195,7 @@ class TestSpoolCap:
             client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
         stats = client.stats()
         assert (stats["spooled"], stats["dropped_spool_full"]) == (3, 2)
+        client.close(timeout=0.2)  # nothing listens: do not wait out the default 10 s
 
 
 class TestSpoolFormat:

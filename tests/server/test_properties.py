@@ -9,6 +9,9 @@ input, sent with a Content-Length, chunked, or gzipped. Most examples run in thi
 millisecond beside hypothesis' own work; a few dozen in all go over HTTP to a real server
 and its SQLite store, so that the path through the wire and the disk is proven with the
 same properties.
+
+``make test`` runs 450 examples in process; ``make reliability`` runs ten times as many
+(``QLEVENTS_PROPERTY_SCALE=10``), like any deeper search a change to validation deserves.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import functools
 import gzip
 import json
+import os
 from typing import Any
 
 import httpx
@@ -52,8 +56,13 @@ PROPERTY_SETTINGS = settings(
 
 #: How a body is sent: each property holds for each.
 framings = st.sampled_from(["content-length", "chunked", "gzip"])
-#: Examples of each property in this process, and over HTTP to a real server.
-IN_PROCESS = {"any_json": 600, "valid": 300, "broken": 500}
+#: Examples of each property in this process (times QLEVENTS_PROPERTY_SCALE), and over HTTP
+#: to a real server.
+SCALE = float(os.environ.get("QLEVENTS_PROPERTY_SCALE", "1"))
+IN_PROCESS = {
+    name: max(1, round(count * SCALE))
+    for name, count in {"any_json": 200, "valid": 100, "broken": 150}.items()
+}
 OVER_HTTP = 15
 
 

@@ -33,18 +33,29 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsClust
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventStore]:
-    """An open store of each implementation, on a fresh data directory (or stream)."""
+def store_settings(
+    request: pytest.FixtureRequest,
+) -> Iterator[tuple[StoreSettings, NatsCluster | None]]:
+    """The settings of each implementation, and the cluster the jetstream one runs on.
+
+    A plain fixture: ``nats_cluster`` is asked for here, outside the event loop (asked for
+    from an async fixture, anyio refuses when pytest has to set it up there)."""
     if request.param == "jetstream":
         cluster: NatsCluster = request.getfixturevalue("nats_cluster")
-        settings = jetstream_settings(cluster)
-        impl = build_store(settings, tmp_path)
-        await impl.open()
-        yield impl
-        await impl.close()
-        await delete_stream(cluster, settings)
-        return
-    impl = build_store(StoreSettings(store=request.param), tmp_path)
+        yield jetstream_settings(cluster), cluster
+    else:
+        yield StoreSettings(store=request.param), None
+
+
+@pytest.fixture
+async def store(
+    store_settings: tuple[StoreSettings, NatsCluster | None], tmp_path: Path
+) -> AsyncIterator[EventStore]:
+    """An open store of each implementation, on a fresh data directory (or stream)."""
+    settings, cluster = store_settings
+    impl = build_store(settings, tmp_path)
     await impl.open()
     yield impl
     await impl.close()
+    if cluster is not None:
+        await delete_stream(cluster, settings)

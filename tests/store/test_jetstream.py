@@ -3,6 +3,7 @@ that store nothing twice, a full stream, the servers' fsync check, read-only use
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,87 @@ class TestFullStream:
         with pytest.raises(StoreUnavailableError, match="full"):
             await store.append(big_events(20, prefix="again-"))
         assert [e.id for e in await read_all(store)] == accepted
+
+
+class TestGroupCommit:
+    @pytest.fixture
+    async def one_in_flight(
+        self, nats_cluster: NatsCluster, monkeypatch: pytest.MonkeyPatch
+    ) -> AsyncIterator[tuple[JetStreamEventStore, list[int]]]:
+        """A store that sends one batch at a time, and the sizes (messages) of the batches
+        it sent."""
+        settings = jetstream_settings(nats_cluster)
+        store = JetStreamEventStore(
+            settings.nats_servers,
+            prefix=settings.nats_prefix,
+            max_bytes=settings.nats_max_bytes,
+            max_batches_in_flight=1,
+        )
+        real = api.publish_batch
+        batches: list[int] = []
+
+        async def publish_batch(nc: Any, messages: Any, timeout: float) -> api.PubAck:
+            batches.append(len(messages))
+            return await real(nc, messages, timeout)
+
+        monkeypatch.setattr(api, "publish_batch", publish_batch)
+        await store.open()
+        yield store, batches
+        await store.close()
+        await delete_stream(nats_cluster, settings)
+
+    async def test_appends_waiting_for_a_batch_go_in_the_next_one_together(
+        self, one_in_flight: tuple[JetStreamEventStore, list[int]]
+    ) -> None:
+        """50 appends at once, one batch in flight: the first alone, the 49 others in one
+        batch (2 messages each: events and claim); every event stored once, in order."""
+        store, batches = one_in_flight
+        appends = [store.append(stored(1, prefix=f"r{n}-")) for n in range(50)]
+        assert await asyncio.gather(*appends) == [None] * 50
+        assert batches == [2, 98]
+        assert [e.id for e in await read_all(store)] == [f"r{n}-0" for n in range(50)]
+
+    async def test_a_used_key_in_a_group_sends_each_request_alone(
+        self, one_in_flight: tuple[JetStreamEventStore, list[int]]
+    ) -> None:
+        """A group holding a request whose key was used is refused whole; its requests are
+        sent alone: the others stored, the used key answered with its first answer."""
+        store, batches = one_in_flight
+        assert await store.append(stored(1, prefix="first-"), record(key="used")) is None
+        blocker = store.append(stored(1, prefix="blocker-"))
+        others = [store.append(stored(1, prefix=f"r{n}-"), record(key=f"k{n}")) for n in range(3)]
+        retry = store.append(stored(1, prefix="retry-"), record(key="used", response=b"2"))
+        answers = await asyncio.gather(blocker, *others, retry)
+        assert answers == [None, None, None, None, Replay(b"f1", b"{}")]
+        assert batches[:3] == [2, 2, 8]  # first; blocker alone; the group of four, refused
+        assert sorted(e.id for e in await read_all(store)) == sorted(
+            ["first-0", "blocker-0", "r0-0", "r1-0", "r2-0"]
+        )
+
+    async def test_a_waiting_append_cancelled_is_not_sent_and_holds_up_nothing(
+        self, one_in_flight: tuple[JetStreamEventStore, list[int]]
+    ) -> None:
+        """An append cancelled while it waits for the batch slot (its request gone) is not
+        sent; the ones still waiting go in the next batch, and a later append alone."""
+        store, batches = one_in_flight
+        blocker = asyncio.ensure_future(store.append(stored(1, prefix="blocker-")))
+        await asyncio.sleep(0)  # the blocker takes the slot
+        waiting = [
+            asyncio.ensure_future(store.append(stored(1, prefix=f"r{n}-"))) for n in range(3)
+        ]
+        await asyncio.sleep(0)  # they queue behind it
+        waiting[1].cancel()
+        assert await asyncio.gather(blocker, waiting[0], waiting[2]) == [None, None, None]
+        with pytest.raises(asyncio.CancelledError):
+            await waiting[1]
+        assert await store.append(stored(1, prefix="later-")) is None
+        assert batches == [2, 4, 2]
+        assert sorted(e.id for e in await read_all(store)) == [
+            "blocker-0",
+            "later-0",
+            "r0-0",
+            "r2-0",
+        ]
 
 
 class TestObservers:

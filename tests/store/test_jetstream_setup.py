@@ -16,6 +16,9 @@ PEER_OFFLINE = APIError(
     code=400, err_code=10005, description="no suitable peers for placement, peer offline"
 )
 BAD_CONFIG = APIError(code=400, err_code=10052, description="replicas > 1 not supported")
+NO_ROOM = APIError(
+    code=400, err_code=10005, description="no suitable peers for placement, insufficient storage"
+)
 
 
 class Step:
@@ -45,9 +48,13 @@ async def test_a_peer_that_never_comes_is_named_when_the_wait_ends() -> None:
         await retrying(time.monotonic(), "the event stream", Step(PEER_OFFLINE))
 
 
-async def test_a_refused_configuration_fails_at_once() -> None:
-    """A 4xx that waiting cannot mend ends the open on the first answer, naming its code."""
-    step = Step(BAD_CONFIG)
-    with pytest.raises(StoreUnavailableError, match=r"refused the event stream.*10052"):
+@pytest.mark.parametrize("refusal", [BAD_CONFIG, NO_ROOM], ids=["config", "no-room"])
+async def test_a_refusal_that_waiting_cannot_mend_fails_at_once(refusal: APIError) -> None:
+    """A 4xx that waiting cannot mend (a configuration the servers refuse, a stream larger
+    than their storage) ends the open on the first answer, naming its code."""
+    step = Step(refusal)
+    with pytest.raises(
+        StoreUnavailableError, match=rf"refused the event stream.*{refusal.err_code}"
+    ):
         await retrying(time.monotonic() + 30, "the event stream", step)
     assert step.calls == 1

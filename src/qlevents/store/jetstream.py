@@ -21,6 +21,13 @@ have passed: the claim makes a second copy impossible, and a refusal for the cla
 an earlier attempt was stored. If no attempt is answered it raises
 :class:`~qlevents.StoreOutcomeUnknownError`.
 
+**Group commit.** Appends that arrive while ``max_batches_in_flight`` batches are on their
+way wait and go together, their messages in one atomic batch (up to the servers' batch
+limit): one commit and one Raft entry for many requests, as SQLite's group commit shares an
+fsync. All of them are stored or none; when a group is not answered with a plain ack (a
+claim refused, a timeout, the stream full), each of its requests is sent again alone
+through the path above, whose claims make that safe.
+
 **Positions** are ``first_sequence << 10 | index`` (:mod:`qlevents.store.jetstream_layout`).
 """
 
@@ -79,6 +86,8 @@ _HEADER_ROOM: Final = 16 * 1024
 _RETRY_CODES: Final = frozenset({10176, 10210, 10008})  # incomplete, too many batches, no JS
 _FULL_CODES: Final = frozenset({api.STORE_FAILED, api.STORAGE_EXCEEDED, api.INSUFFICIENT_RESOURCES})
 _CLAIMED_CODES: Final = frozenset({api.WRONG_LAST_SEQUENCE, api.WRONG_LAST_SEQUENCE_IN_FLIGHT})
+#: The most payload bytes one group batch carries (a request alone may carry its 5 MiB).
+_GROUP_BYTES: Final = 8 << 20
 _NOT_SENT: Final = (
     NoRespondersError,
     nats.errors.ConnectionClosedError,
@@ -105,6 +114,22 @@ class PublishStats:
 PublishObserver = Callable[[PublishStats], None]
 
 
+@dataclass(slots=True)
+class _Waiting:
+    """An append waiting for its group: its messages, and how it ended."""
+
+    messages: list[Outgoing]
+    size: int
+    attempts: list[int]
+    done: asyncio.Future[None]
+    grouped: bool = False
+    """Sent in a group that was not answered with a plain ack: send it alone."""
+    unknown: bool = False
+    """That group went unanswered: it may have been stored."""
+    holds_slot: bool = False
+    """Nothing else was waiting: it is sent alone in a slot of its own, to release after."""
+
+
 class _Missing:
     """No record found (yet) for a claimed key."""
 
@@ -128,6 +153,7 @@ class JetStreamEventStore(EventStore):
         observer: CommitObserver | None = None,
         publish_observer: PublishObserver | None = None,
         read_only: bool = False,
+        max_batches_in_flight: int = 4,
     ) -> None:
         self.servers = list(servers)
         self.prefix = check_prefix(prefix)
@@ -144,6 +170,12 @@ class JetStreamEventStore(EventStore):
         self._nc: Client | None = None
         self._max_batch = api.DEFAULT_BATCH_MESSAGES
         self._max_payload = 1 << 20
+        #: Group commit: appends waiting for a batch slot, batches on their way, and the
+        #: tasks sending groups (a freed slot passes straight to the next group).
+        self._max_in_flight = max_batches_in_flight
+        self._waiting: list[_Waiting] = []
+        self._in_flight = 0
+        self._group_tasks: set[asyncio.Task[None]] = set()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -220,7 +252,18 @@ class JetStreamEventStore(EventStore):
         attempts = [0]
         outcome: Literal["stored", "replayed", "full", "unavailable", "unknown"] = "unknown"
         try:
-            replay = await self._publish(nc, messages, idempotency, request_id, attempts)
+            waiting = await self._in_group(nc, messages, attempts)
+            if waiting.holds_slot:
+                try:
+                    replay = await self._publish(nc, messages, idempotency, request_id, attempts)
+                finally:
+                    self._release_slot()
+            elif waiting.grouped:
+                replay = await self._publish(
+                    nc, messages, idempotency, request_id, attempts, unknown=waiting.unknown
+                )
+            else:
+                replay = None
             outcome = "stored" if replay is None else "replayed"
             return replay
         except StoreOutcomeUnknownError:
@@ -239,6 +282,75 @@ class JetStreamEventStore(EventStore):
             if self._publish_observer is not None:
                 self._publish_observer(PublishStats(outcome, seconds, attempts[0], len(events)))
 
+    async def _in_group(
+        self, nc: Client, messages: list[Outgoing], attempts: list[int]
+    ) -> _Waiting:
+        """With a batch slot free, these messages go alone in it (``holds_slot``: ``append``
+        sends them and releases it). Otherwise they wait for the next group, which the batch
+        that frees a slot sends; returns when that group is answered: stored, or each of its
+        appends to be sent alone (``grouped``)."""
+        size = sum(len(message.payload) for message in messages)
+        waiting = _Waiting(messages, size, attempts, asyncio.get_running_loop().create_future())
+        if self._in_flight < self._max_in_flight:
+            self._in_flight += 1
+            waiting.holds_slot = True
+            return waiting
+        self._waiting.append(waiting)
+        try:
+            await asyncio.shield(waiting.done)
+        except asyncio.CancelledError:
+            if waiting in self._waiting:  # not sent: nobody will wait for it
+                self._waiting.remove(waiting)
+            raise
+        return waiting
+
+    async def _send_group(self, nc: Client) -> None:
+        """In the slot a batch freed: the oldest waiting appends that fit one batch, sent
+        together once: stored, or each of them handed back to be sent alone."""
+        group: list[_Waiting] = []
+        count = size = 0
+        while self._waiting:
+            first = self._waiting[0]
+            fits = (
+                count + len(first.messages) <= self._max_batch and size + first.size <= _GROUP_BYTES
+            )
+            if group and not fits:
+                break
+            group.append(self._waiting.pop(0))
+            count, size = count + len(first.messages), size + first.size
+        if not group:  # the appends that were waiting were cancelled meanwhile
+            self._release_slot()
+            return
+        stored = unknown = False
+        try:
+            for waiting in group:
+                waiting.attempts[0] += 1
+            messages = [message for waiting in group for message in waiting.messages]
+            ack = await api.publish_batch(nc, messages, self._publish_timeout)
+            stored = ack.error is None
+        except NatsTimeoutError:
+            unknown = True
+        except (NatsError, OSError) as exc:
+            log.info("a batch of %d appends was not sent (%s); each is sent alone", len(group), exc)
+        finally:
+            for waiting in group:
+                waiting.grouped, waiting.unknown = not stored, unknown
+                waiting.done.set_result(None)
+            self._release_slot()
+
+    def _release_slot(self) -> None:
+        """A batch came back: its slot goes to the appends waiting, as one group."""
+        if self._waiting and self._nc is not None:
+            task = asyncio.get_running_loop().create_task(self._send_group(self._nc))
+            self._group_tasks.add(task)
+            task.add_done_callback(self._group_tasks.discard)
+            return
+        self._in_flight -= 1
+        for waiting in self._waiting:  # closed: each append learns it on its own
+            waiting.grouped = True
+            waiting.done.set_result(None)
+        self._waiting.clear()
+
     async def _publish(
         self,
         nc: Client,
@@ -246,11 +358,13 @@ class JetStreamEventStore(EventStore):
         idempotency: IdempotencyRecord | None,
         request_id: str,
         attempts: list[int],
+        *,
+        unknown: bool = False,
     ) -> Replay | None:
         """Send the batch until it is answered; the claim in it makes every attempt after
-        the first either store nothing or find the first one's record."""
+        the first either store nothing or find the first one's record. ``unknown``: an
+        earlier attempt (in a group) went unanswered and may have been stored."""
         deadline = time.monotonic() + self._retry_seconds
-        unknown = False  # an attempt went unanswered: it may have been stored
         reason = "no attempt was made"
         delay = 0.05
         while (remaining := deadline - time.monotonic()) > 0:

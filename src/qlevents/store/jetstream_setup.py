@@ -32,9 +32,10 @@ log: Final = logging.getLogger("qlevents.store")
 VARZ_TIMEOUT: Final = 2.0
 #: Replicas of the stream on a cluster of three or more servers.
 REPLICAS: Final = 3
-#: JetStream errors answered 4xx that pass by themselves while a cluster (re)starts: 10005
-#: "no suitable peers for placement, peer offline" until every peer has been seen online.
-TRANSIENT_ERR_CODES: Final = frozenset({10005})
+#: JetStream's "no suitable peers for placement" (answered 400) names its reason; "peer
+#: offline" passes by itself once a (re)starting cluster has seen every peer online, while
+#: e.g. "insufficient storage" is the operator's to mend.
+NO_PEERS_ERR_CODE: Final = 10005
 
 
 async def connect(servers: Sequence[str], deadline: float, closing: Callable[[], bool]) -> Client:
@@ -88,7 +89,7 @@ async def retrying(deadline: float, what: str, step: Callable[[], Awaitable[None
         except (NatsTimeoutError, ServiceUnavailableError, NoRespondersError) as exc:
             reason = str(exc) or type(exc).__name__
         except APIError as exc:
-            if (exc.code is None or exc.code < 500) and exc.err_code not in TRANSIENT_ERR_CODES:
+            if (exc.code is None or exc.code < 500) and not _peer_offline(exc):
                 raise StoreUnavailableError(
                     f"JetStream refused {what}: {exc.description} (error {exc.err_code})"
                 ) from exc
@@ -97,6 +98,10 @@ async def retrying(deadline: float, what: str, step: Callable[[], Awaitable[None
             raise StoreUnavailableError(f"JetStream did not answer in time: {reason}")
         log.info("JetStream is not ready (%s); retrying", reason)
         await asyncio.sleep(0.25)
+
+
+def _peer_offline(exc: APIError) -> bool:
+    return exc.err_code == NO_PEERS_ERR_CODE and "offline" in (exc.description or "")
 
 
 @dataclass(frozen=True, slots=True)

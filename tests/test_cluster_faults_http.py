@@ -283,3 +283,35 @@ def test_without_a_quorum_the_nodes_answer_503_and_recover_by_themselves(
     assert [mark for mark, count in Counter(stored).items() if count > 1] == []
     assert sorted(clients.acknowledged) == sorted(stored)
     print(f"acknowledged {len(stored)} events, answers {dict(clients.statuses)}")
+
+
+def test_a_full_stream_answers_503_and_stores_no_part_of_a_request(tmp_path: Path) -> None:
+    """An ingest node on a 1 MiB stream, sent 200-event keyed requests until it is full: the
+    503 has Retry-After and says why; every event of each 200 is stored, none of each 503."""
+    cluster = NatsCluster(tmp_path / "nats", 1).start()
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    try:
+        node = ingest_node(tmp_path, "ingest", cluster, prefix, max_bytes=1 << 20)
+        key = add_account(cluster, prefix)
+        answers: list[tuple[list[str], httpx.Response]] = []
+        try:
+            for request in range(40):
+                marks = [f"r{request}-e{i}" for i in range(200)]
+                body = [view(key, product_id=mark) for mark in marks]
+                answer = node.post(body, headers={"idempotency-key": f"r{request}"}, timeout=10)
+                answers.append((marks, answer))
+                if answer.status_code != 200:
+                    break
+            stored = set(stored_marks(cluster, prefix))
+        finally:
+            node.stop()
+    finally:
+        cluster.stop()
+    *taken, (_, refused) = answers
+    assert taken and [answer.status_code for _, answer in taken] == [200] * len(taken)
+    assert refused.status_code == 503 and int(refused.headers["retry-after"]) > 0
+    [error] = refused.json()["errors"]
+    assert error["code"] == "store_unavailable"
+    assert "none of them was" in error["message"] and "event store is full" in error["message"]
+    for marks, answer in answers:
+        assert stored.issuperset(marks) if answer.status_code == 200 else stored.isdisjoint(marks)

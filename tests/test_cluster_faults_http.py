@@ -248,10 +248,12 @@ def test_without_a_quorum_the_nodes_answer_503_and_recover_by_themselves(
     prefix = f"t{uuid.uuid4().hex[:10]}"
     # An append gives up after 2 s + one 1 s publish timeout: a client waiting 10 s has its
     # answer, or the node is hanging.
-    nodes = [ingest_node(tmp_path, f"ingest-{n}", cluster, prefix, retry_seconds=2) for n in (1, 2)]
-    readiness = [f"{node.url}/readyz" for node in nodes]
-    key = add_account(cluster, prefix)
+    nodes: list[RunningServer] = []
     try:
+        for n in (1, 2):
+            nodes.append(ingest_node(tmp_path, f"ingest-{n}", cluster, prefix, retry_seconds=2))
+        readiness = [f"{node.url}/readyz" for node in nodes]
+        key = add_account(cluster, prefix)
         with Clients([node.events_url for node in nodes], key, timeout=10) as clients:
             wait_until(lambda: len(clients.acknowledged) > 0)
             leader = leader_index(cluster, prefix)
@@ -290,11 +292,11 @@ def test_a_full_stream_answers_503_and_stores_no_part_of_a_request(tmp_path: Pat
     503 has Retry-After and says why; every event of each 200 is stored, none of each 503."""
     cluster = NatsCluster(tmp_path / "nats", 1).start()
     prefix = f"t{uuid.uuid4().hex[:10]}"
+    answers: list[tuple[list[str], httpx.Response]] = []
     try:
         node = ingest_node(tmp_path, "ingest", cluster, prefix, max_bytes=1 << 20)
-        key = add_account(cluster, prefix)
-        answers: list[tuple[list[str], httpx.Response]] = []
         try:
+            key = add_account(cluster, prefix)
             for request in range(40):
                 marks = [f"r{request}-e{i}" for i in range(200)]
                 body = [view(key, product_id=mark) for mark in marks]

@@ -35,8 +35,10 @@ def test_two_nodes_each_admit_half_of_an_accounts_burst(tmp_path: Path) -> None:
     together its burst (no more, no less)."""
     cluster = NatsCluster(tmp_path / "nats", 1).start()
     prefix = f"t{uuid.uuid4().hex[:10]}"
+    nodes: list[RunningServer] = []
     try:
-        nodes = [ingest_node(tmp_path, f"ingest-{n}", cluster, prefix) for n in (1, 2)]
+        for n in (1, 2):
+            nodes.append(ingest_node(tmp_path, f"ingest-{n}", cluster, prefix))
         book = JetStreamAccountBook(cluster.url.split(","), prefix=prefix)
         try:
             key = book.add("shop").client_key
@@ -44,11 +46,9 @@ def test_two_nodes_each_admit_half_of_an_accounts_burst(tmp_path: Path) -> None:
         finally:
             book.close()
         time.sleep(0.5)  # the nodes' watches bring the account (~ms); directories poll 0.1 s
-        try:
-            counts = [admitted(node, key) for node in nodes]
-        finally:
-            for node in nodes:
-                node.stop()
+        counts = [admitted(node, key) for node in nodes]
     finally:
+        for node in nodes:
+            node.stop()
         cluster.stop()
     assert counts == [BURST // 2, BURST // 2]

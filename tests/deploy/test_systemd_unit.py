@@ -1,6 +1,7 @@
-"""deploy/systemd/qlevents.service checked by systemd's own tools (``systemd-analyze verify``
-and ``security --offline``; neither needs systemd running), and its environment file against
-the options of ``qlevents serve``."""
+"""The systemd units in deploy/systemd (qlevents.service, and qlevents-nats.service for a
+cluster's NATS nodes) checked by systemd's own tools (``systemd-analyze verify`` and
+``security --offline``; neither needs systemd running), and their environment files
+(qlevents.env, qlevents-cluster.env) against the options of ``qlevents serve``."""
 
 from __future__ import annotations
 
@@ -12,11 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster import require_nats_server
+
 DEPLOY = Path(__file__).parents[2] / "deploy"
 UNIT = DEPLOY / "systemd" / "qlevents.service"
+NATS_UNIT = DEPLOY / "systemd" / "qlevents-nats.service"
 ENVIRONMENT = DEPLOY / "systemd" / "qlevents.env"
-INSTALLED = "/opt/qlevents/venv/bin/qlevents"
-#: The highest exposure `systemd-analyze security` may give the unit (0 safest, 10 worst;
+ENVIRONMENTS = [ENVIRONMENT, DEPLOY / "systemd" / "qlevents-cluster.env"]
+INSTALLED = "/opt/qlevents/venv/bin/"
+#: The highest exposure `systemd-analyze security` may give a unit (0 safest, 10 worst;
 #: below 2 it calls a service "OK").
 EXPOSURE = 2.0
 
@@ -28,15 +33,18 @@ def systemd_analyze() -> str:
     return found
 
 
-@pytest.fixture
-def unit(tmp_path: Path) -> Path:
-    """The unit, starting this checkout's ``qlevents`` where it says /opt/qlevents (verify
-    checks that the program exists)."""
-    text = UNIT.read_text()
-    assert f"ExecStart={INSTALLED} serve " in text
-    qlevents = Path(sys.executable).with_name("qlevents")
-    copy = tmp_path / UNIT.name
-    copy.write_text(text.replace(INSTALLED, str(qlevents)))
+@pytest.fixture(params=[UNIT, NATS_UNIT], ids=lambda path: path.name)
+def unit(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """A unit, starting this checkout's programs where it says /opt/qlevents (verify checks
+    that the program exists)."""
+    path: Path = request.param
+    text = path.read_text()
+    program = re.search(rf"^ExecStart={re.escape(INSTALLED)}(\S+) ", text, re.MULTILINE)
+    assert program, f"{path.name} does not start a program of {INSTALLED}"
+    name = program[1]
+    here = require_nats_server() if name == "nats-server" else Path(sys.executable).with_name(name)
+    copy = tmp_path / path.name
+    copy.write_text(text.replace(INSTALLED + name, str(here)))
     return copy
 
 
@@ -68,9 +76,23 @@ class TestUnit:
         assert "\nRestart=on-failure\n" in text and "\nNoNewPrivileges=yes\n" in text
         assert f"\nEnvironmentFile=/etc/qlevents/{ENVIRONMENT.name}\n" in text
 
+    def test_a_nats_node_runs_the_shipped_configuration_and_stops_in_lame_duck_mode(
+        self,
+    ) -> None:
+        """The NATS unit runs nats-server on the shipped file, with its store in the
+        StateDirectory, and stops it with SIGUSR2 (lame duck), waiting longer than lame
+        duck mode's default 2 minutes before a kill."""
+        text = NATS_UNIT.read_text()
+        assert " -c /etc/qlevents-nats/nats-server.conf\n" in text
+        assert "\nStateDirectory=qlevents-nats\n" in text and "\nProtectSystem=strict\n" in text
+        assert "\nKillSignal=SIGUSR2\n" in text
+        timeout = re.search(r"^TimeoutStopSec=(\d+)s$", text, re.MULTILINE)
+        assert timeout and int(timeout[1]) > 120
 
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS, ids=lambda path: path.name)
 class TestEnvironmentFile:
-    def test_every_variable_is_an_option_of_serve(self) -> None:
+    def test_every_variable_is_an_option_of_serve(self, environment: Path) -> None:
         """Each QLEVENTS_NAME in the file (set or commented out) is serve's --name."""
         serve_help = subprocess.run(
             [sys.executable, "-m", "qlevents", "serve", "--help"],
@@ -78,7 +100,7 @@ class TestEnvironmentFile:
             text=True,
             check=True,
         ).stdout
-        names = re.findall(r"^#?QLEVENTS_([A-Z_]+)=", ENVIRONMENT.read_text(), re.MULTILINE)
+        names = re.findall(r"^#?QLEVENTS_([A-Z_]+)=", environment.read_text(), re.MULTILINE)
         assert len(names) >= 5
         for name in names:
             option = "--" + name.lower().replace("_", "-")

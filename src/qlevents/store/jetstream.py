@@ -398,7 +398,11 @@ class JetStreamEventStore(EventStore):
                     if error.err_code in _FULL_CODES:
                         if unknown:
                             raise StoreOutcomeUnknownError(f"the event stream is full: {detail}")
-                        raise _StreamFullError(f"the event stream is full: {detail}", 10.0)
+                        raise _StreamFullError(
+                            "the service's event store is full until its operators make room:"
+                            f" {detail}",
+                            10.0,
+                        )
                     if error.err_code not in _RETRY_CODES and error.code < 500:
                         if unknown:
                             raise StoreOutcomeUnknownError(f"JetStream refused: {detail}")

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: serve cluster test lint typecheck pytest browser nginx bench bench-client install dev clean openapi reliability soak dist
+.PHONY: serve cluster test lint typecheck pytest browser nginx bench bench-cluster bench-client install dev clean openapi reliability soak dist
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +85,10 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 # Benchmarks (not part of `make test`): see bench/README.md.
 bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/server_bench.py
+
+# Embedded SQLite vs one ingest node on a 3-node JetStream cluster (docs/cluster.md, "Speed").
+bench-cluster: $(VENV)/.installed-bench
+	$(BIN)/python bench/cluster_bench.py
 
 bench-client: $(VENV)/.installed-bench
 	$(BIN)/python bench/client_bench.py

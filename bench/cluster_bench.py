@@ -5,7 +5,9 @@ Both are ``qlevents serve`` with its defaults (one worker); the cluster target a
 configuration (R3, ``sync_interval: always``), all on this machine. Targets and body sizes
 (1 and 100 events) are interleaved in rounds, each measurement with ``wrk -t1 -c32`` and
 ``bench/post_events.lua`` as in ``server_bench.py``, on a fresh data directory (embedded) or a
-fresh stream (cluster: its own ``--nats-prefix``); medians are reported.
+fresh stream (cluster: its own ``--nats-prefix``); medians are reported. Each NATS node runs
+with ``GOMAXPROCS=1`` (``--nats-gomaxprocs``): three of them share this machine's cores,
+where in production each has a machine of its own.
 
 It also measures what each event costs in CPU: the user+system time (``/proc/<pid>/stat``,
 what getrusage reports for a process) that the ingest node (with its children) and each
@@ -74,7 +76,7 @@ def cpu_seconds(pids: list[int]) -> float:
 class Nats:
     """Three nats-server processes with the shipped configuration, on free ports."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, gomaxprocs: int) -> None:
         binary = nats_server_binary()
         if binary is None:
             raise SystemExit("nats-server is missing: make install (the server extra)")
@@ -82,11 +84,16 @@ class Nats:
             NatsNode(f"n{i}", sb.free_port(), sb.free_port(), sb.free_port()) for i in range(3)
         ]
         self.processes: list[subprocess.Popen[bytes]] = []
+        env = dict(os.environ)
+        if gomaxprocs:
+            env["GOMAXPROCS"] = str(gomaxprocs)
         for node in self.nodes:
             config = write_node_config(directory / node.name, node, self.nodes)
             with (directory / node.name / "server.log").open("ab") as log:
                 self.processes.append(
-                    subprocess.Popen([str(binary), "-c", str(config)], stdout=log, stderr=log)
+                    subprocess.Popen(
+                        [str(binary), "-c", str(config)], stdout=log, stderr=log, env=env
+                    )
                 )
         deadline = time.monotonic() + 60
         for node in self.nodes:
@@ -279,7 +286,8 @@ def report(summary: dict[str, dict[int, dict[str, Any]]], args: argparse.Namespa
         "",
         f"`{' '.join(sys.argv)}` — commit {sb.git_commit(sb.REPO)}; wrk -t1 -c{args.connections}"
         f" -d{args.duration:g}s, {args.rounds} rounds (medians); ingest node and three NATS"
-        " nodes (R3, sync_interval always) on this one machine.",
+        f" nodes (R3, sync_interval always, GOMAXPROCS={args.nats_gomaxprocs or 'default'})"
+        " on this one machine.",
         "",
         "| store | events/request | req/s | events/s | p50 ms | p99 ms"
         " | ingest CPU µs/event | NATS CPU µs/event (leader, followers) |",
@@ -314,6 +322,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of each run")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--nats-gomaxprocs",
+        type=int,
+        default=1,
+        help="GOMAXPROCS of each NATS node (0: Go's default, all cores): three nodes share"
+        " this machine's cores, where in production each has a machine of its own",
+    )
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s runs")
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
     args = parser.parse_args(argv)
@@ -331,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="qlevents-cluster-bench-") as temp:
         work = Path(temp)
-        cluster = Nats(work / "nats")
+        cluster = Nats(work / "nats", args.nats_gomaxprocs)
         try:
             for round_ in range(args.rounds):
                 for events in BODY_SIZES:

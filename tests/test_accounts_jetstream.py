@@ -7,8 +7,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from nats.js.errors import NoStreamResponseError
 
 from qlevents import StoreUnavailableError
 from qlevents.accounts import (
@@ -163,3 +165,29 @@ def test_without_the_cluster_it_answers_from_its_snapshot(tmp_path: Path) -> Non
             book.close()
     finally:
         cluster.stop()
+
+
+class _LeaderlessAtFirst:
+    """A bucket whose stream answers nobody for its first ``silent`` writes (a bucket just
+    created, or electing a leader: NATS says "no responders"), then takes them."""
+
+    def __init__(self, silent: int) -> None:
+        self.silent = silent
+        self.written: list[str] = []
+
+    async def create(self, key: str, value: bytes) -> int:
+        if self.silent:
+            self.silent -= 1
+            raise NoStreamResponseError
+        self.written.append(key)
+        return len(self.written)
+
+
+@pytest.mark.anyio
+async def test_a_write_before_the_buckets_leader_is_elected_waits_for_it() -> None:
+    """`make cluster` adds its demo account right after creating the bucket: a write that
+    no leader answered stored nothing, so it is sent again (bounded by the write timeout)."""
+    bucket = _LeaderlessAtFirst(silent=2)
+    book = SimpleNamespace(_kv=bucket)
+    revision = await JetStreamAccountBook._put(book, "account.a", b"{}", 0)  # type: ignore[arg-type]
+    assert (revision, bucket.written) == (1, ["account.a"])

@@ -80,6 +80,8 @@ def start_demo(directory: Path, ports: tuple[int, int], base: int) -> Demo:
     while time.monotonic() < deadline:
         line = process.stdout.readline()
         if not line:
+            process.wait(60)  # reaped here, not warned about in a later test
+            process.stdout.close()
             raise RuntimeError("the demo exited:\n" + "".join(lines))
         lines.append(line)
         if line.strip() == READY_LINE:
@@ -93,6 +95,8 @@ def start_demo(directory: Path, ports: tuple[int, int], base: int) -> Demo:
                 output,
             )
     process.kill()
+    process.wait(60)
+    process.stdout.close()
     raise RuntimeError("the demo did not start:\n" + "".join(lines))
 
 

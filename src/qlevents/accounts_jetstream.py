@@ -33,7 +33,12 @@ import msgspec
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyWrongLastSequenceError,
+    NoStreamResponseError,
+    NotFoundError,
+)
 from nats.js.kv import KeyValue
 
 from qlevents._exceptions import StoreUnavailableError
@@ -233,14 +238,21 @@ class JetStreamAccountBook:
             self._version += 1
 
     async def _put(self, key: str, value: bytes, last: int | None) -> int:
-        """Write ``key``; ``last``: only over that revision (0: only if the key is new)."""
-        if self._kv is None:
+        """Write ``key``; ``last``: only over that revision (0: only if the key is new).
+        While the bucket's stream has no leader (just created, or electing one) nothing
+        answers and nothing is written: sent again until it answers (the caller bounds it)."""
+        kv = self._kv
+        if kv is None:
             raise AccountError("the account book is read-only here")
-        if last is None:
-            return await self._kv.put(key, value)
-        if last == 0:
-            return await self._kv.create(key, value)
-        return await self._kv.update(key, value, last=last)
+        while True:
+            try:
+                if last is None:
+                    return await kv.put(key, value)
+                if last == 0:
+                    return await kv.create(key, value)
+                return await kv.update(key, value, last=last)
+            except NoStreamResponseError:
+                await asyncio.sleep(0.1)
 
     def _write(self, key: str, value: bytes, last: int | None = None) -> None:
         """Write one entry to the cluster and into the copy in memory at once (the watch

@@ -1,7 +1,8 @@
 """The network seam: one method to implement, ``post``, in a sync and an async flavour.
 
 ``Client`` sends with :class:`HTTPTransport`: keep-alive HTTP/1.1 on the standard library's
-``http.client``, with httpx's trust store (certifi). It does the one thing the sender
+``http.client``, trusting what httpx trusts (``SSL_CERT_FILE`` or ``SSL_CERT_DIR``, else
+certifi). It does the one thing the sender
 needs, a POST with a bytes body, with a fraction of a general client's per-request Python
 work, which matters because the sender shares the GIL with the application's threads. When
 an HTTP(S) proxy is configured for the endpoint (``HTTPS_PROXY`` and friends) it falls back
@@ -118,6 +119,22 @@ def _answer(response: httpx.Response) -> Answer:
 _inherited: list[Any] = []
 
 
+def trusted_context() -> ssl.SSLContext:
+    """The certificates HTTPS endpoints are verified with, as httpx chooses them (so that
+    ``Client`` and ``AsyncClient`` trust the same): ``SSL_CERT_FILE`` or ``SSL_CERT_DIR``
+    when set (an installation behind a private CA), else certifi's."""
+    if cafile := os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=cafile)
+    if capath := os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=capath)
+    try:
+        import certifi  # httpx's trust store
+
+        return ssl.create_default_context(cafile=certifi.where())
+    except ImportError:  # pragma: no cover - certifi comes with httpx
+        return ssl.create_default_context()
+
+
 class HTTPTransport(Transport):
     """Keep-alive HTTP/1.1 connections on ``http.client``; a fresh pool after a fork."""
 
@@ -131,12 +148,7 @@ class HTTPTransport(Transport):
 
     def _context(self) -> ssl.SSLContext:
         if self._tls is None:
-            try:
-                import certifi  # httpx's trust store: the same certificates either way
-
-                self._tls = ssl.create_default_context(cafile=certifi.where())
-            except ImportError:  # pragma: no cover - certifi comes with httpx
-                self._tls = ssl.create_default_context()
+            self._tls = trusted_context()
         return self._tls
 
     def _checkout(self, origin: tuple[str, str, int]) -> http.client.HTTPConnection:

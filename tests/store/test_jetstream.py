@@ -159,11 +159,13 @@ class TestGroupCommit:
         """A store that sends one batch at a time, and the sizes (messages) of the batches
         it sent."""
         settings = jetstream_settings(nats_cluster)
+        self.commits: list[CommitStats] = []
         store = JetStreamEventStore(
             settings.nats_servers,
             prefix=settings.nats_prefix,
             max_bytes=settings.nats_max_bytes,
             max_batches_in_flight=1,
+            observer=self.commits.append,
         )
         real = api.publish_batch
         batches: list[int] = []
@@ -188,6 +190,8 @@ class TestGroupCommit:
         assert await asyncio.gather(*appends) == [None] * 50
         assert batches == [2, 98]
         assert [e.id for e in await read_all(store)] == [f"r{n}-0" for n in range(50)]
+        # Reported as SQLite reports its group commits: one commit of 49 requests.
+        assert [(c.requests, c.events) for c in self.commits] == [(1, 1), (49, 49)]
 
     async def test_a_used_key_in_a_group_sends_each_request_alone(
         self, one_in_flight: tuple[JetStreamEventStore, list[int]]

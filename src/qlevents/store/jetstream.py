@@ -120,6 +120,7 @@ class _Waiting:
 
     messages: list[Outgoing]
     size: int
+    events: int
     attempts: list[int]
     done: asyncio.Future[None]
     grouped: bool = False
@@ -250,9 +251,10 @@ class JetStreamEventStore(EventStore):
             )
         started = time.monotonic()
         attempts = [0]
+        waiting: _Waiting | None = None
         outcome: Literal["stored", "replayed", "full", "unavailable", "unknown"] = "unknown"
         try:
-            waiting = await self._in_group(nc, messages, attempts)
+            waiting = await self._in_group(nc, messages, len(events), attempts)
             if waiting.holds_slot:
                 try:
                     replay = await self._publish(nc, messages, idempotency, request_id, attempts)
@@ -263,7 +265,7 @@ class JetStreamEventStore(EventStore):
                     nc, messages, idempotency, request_id, attempts, unknown=waiting.unknown
                 )
             else:
-                replay = None
+                replay = None  # stored in a group: its sender reported the commit
             outcome = "stored" if replay is None else "replayed"
             return replay
         except StoreOutcomeUnknownError:
@@ -277,20 +279,23 @@ class JetStreamEventStore(EventStore):
             raise
         finally:
             seconds = time.monotonic() - started
-            if outcome == "stored" and self._observer is not None:
+            alone = waiting.holds_slot or waiting.grouped if waiting is not None else False
+            if outcome == "stored" and alone and self._observer is not None:
                 self._observer(CommitStats(1, len(events), seconds))
             if self._publish_observer is not None:
                 self._publish_observer(PublishStats(outcome, seconds, attempts[0], len(events)))
 
     async def _in_group(
-        self, nc: Client, messages: list[Outgoing], attempts: list[int]
+        self, nc: Client, messages: list[Outgoing], events: int, attempts: list[int]
     ) -> _Waiting:
         """With a batch slot free, these messages go alone in it (``holds_slot``: ``append``
         sends them and releases it). Otherwise they wait for the next group, which the batch
         that frees a slot sends; returns when that group is answered: stored, or each of its
         appends to be sent alone (``grouped``)."""
         size = sum(len(message.payload) for message in messages)
-        waiting = _Waiting(messages, size, attempts, asyncio.get_running_loop().create_future())
+        waiting = _Waiting(
+            messages, size, events, attempts, asyncio.get_running_loop().create_future()
+        )
         if self._in_flight < self._max_in_flight:
             self._in_flight += 1
             waiting.holds_slot = True
@@ -322,12 +327,16 @@ class JetStreamEventStore(EventStore):
             self._release_slot()
             return
         stored = unknown = False
+        started = time.monotonic()
         try:
             for waiting in group:
                 waiting.attempts[0] += 1
             messages = [message for waiting in group for message in waiting.messages]
             ack = await api.publish_batch(nc, messages, self._publish_timeout)
             stored = ack.error is None
+            if stored and self._observer is not None:  # one commit, as SQLite reports one
+                events = sum(waiting.events for waiting in group)
+                self._observer(CommitStats(len(group), events, time.monotonic() - started))
         except NatsTimeoutError:
             unknown = True
         except (NatsError, OSError) as exc:

@@ -485,6 +485,7 @@ class ActivityLedger:
         applying the same messages, a restart or a redelivery never count twice. How many
         deltas were added."""
         added = 0
+        own = self.node_id  # before the lock: reading it takes the lock once
         with self._lock:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
@@ -496,7 +497,7 @@ class ActivityLedger:
                     if sequence <= last:
                         continue
                     last = sequence
-                    if delta.origin != self.node_id:
+                    if delta.origin != own:
                         self._add(delta)
                         rows.extend(row[0] for row in delta.live)
                         added += 1

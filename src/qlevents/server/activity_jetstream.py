@@ -4,7 +4,8 @@ On a cluster each node's recorders write their own flushes into the local ledger
 machine) and hand each flush's :class:`~qlevents.server.activity.Delta` to
 :class:`SharedActivity`, which publishes it to the JetStream stream ``<prefix>_activity``
 (subject ``<prefix>.activity.v1``; R3 on three or more servers, on disk, kept as long as
-the ledger keeps its counts, at most :data:`STREAM_MAX_BYTES`, the oldest dropped first).
+the ledger keeps its counts, an eighth of ``--nats-max-bytes`` up to 1 GiB, the oldest
+dropped first).
 Every worker of every node reads that stream from the last sequence its ledger applied and
 applies the other nodes' deltas (:meth:`ActivityLedger.apply_shared`: the sequence is stored
 in the same transaction, so nothing counts twice). The pages read the ledger as before.
@@ -40,7 +41,8 @@ from qlevents.store.jetstream_setup import REPLICAS, connect
 
 log: Final = logging.getLogger("qlevents.activity")
 
-#: The activity stream's size limit (bytes); past it the oldest messages go.
+#: The activity stream's size limit (bytes): an eighth of the events stream's, at most
+#: this; past it the oldest messages go.
 STREAM_MAX_BYTES: Final = 1 << 30
 #: Unpublished deltas a node keeps while it cannot reach the cluster (bytes, encoded).
 OUTBOX_BYTES: Final = 16 << 20
@@ -168,9 +170,11 @@ class SharedActivity:
         ledger: ActivityLedger,
         settings: ActivitySettings,
         *,
+        max_bytes: int = STREAM_MAX_BYTES,
         outbox_bytes: int = OUTBOX_BYTES,
     ) -> None:
         self.servers = list(servers)
+        self.max_bytes = max_bytes
         self.stream = stream_of(prefix)
         self.subject = subject_of(prefix)
         self.ledger = ledger
@@ -265,7 +269,7 @@ class SharedActivity:
                         storage=StorageType.FILE,
                         num_replicas=replicas,
                         discard=DiscardPolicy.OLD,
-                        max_bytes=STREAM_MAX_BYTES,
+                        max_bytes=self.max_bytes,
                         max_age=KEEP_MINUTES_DAYS * 86400.0,
                     )
                 )

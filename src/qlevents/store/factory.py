@@ -174,6 +174,12 @@ def build_shared_activity(
     (not yet started); None on one machine, where the ledger is the whole story."""
     if not settings.is_nats:
         return None
-    from qlevents.server.activity_jetstream import SharedActivity
+    from qlevents.server.activity_jetstream import STREAM_MAX_BYTES, SharedActivity
 
-    return SharedActivity(settings.nats_servers, settings.nats_prefix, ledger, activity)
+    return SharedActivity(
+        settings.nats_servers,
+        settings.nats_prefix,
+        ledger,
+        activity,
+        max_bytes=min(STREAM_MAX_BYTES, settings.nats_max_bytes // 8),
+    )

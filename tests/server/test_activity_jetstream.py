@@ -1,13 +1,21 @@
 """Sharing a node's activity: deltas cut to the stream's message size, and the outbox a node
-cut off from the cluster keeps, bounded (its drops counted). The stream itself is exercised
-with real nodes in tests/test_cluster_dashboard.py."""
+cut off from the cluster keeps, bounded (its drops counted), and published once the cluster
+is back. Two ingest nodes' pages are in tests/test_cluster_dashboard.py."""
 
 from __future__ import annotations
 
-import msgspec
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
 
-from qlevents.server.activity import PROCESSED, Delta
-from qlevents.server.activity_jetstream import _Outbox, split
+import msgspec
+import pytest
+
+from qlevents.server.activity import PROCESSED, ActivityLedger, ActivitySettings, Delta
+from qlevents.server.activity_jetstream import SharedActivity, _Outbox, split
+from tests.cluster import NatsCluster
 
 _read = msgspec.msgpack.Decoder(Delta).decode
 
@@ -87,3 +95,57 @@ class TestOutbox:
         assert len(outbox) == 2
         outbox.done(head[0])
         assert len(outbox) == 1 and outbox.peek() != head
+
+
+class TestAcrossNodes:
+    """Two nodes' SharedActivity on one NATS server (a stream of the test's own)."""
+
+    @pytest.mark.anyio
+    async def test_a_node_cut_off_publishes_its_deltas_once_the_cluster_is_back(
+        self, tmp_path: Path
+    ) -> None:
+        """Node 1's flush reaches node 2's ledger; with the server down node 1 keeps its next
+        flush (and its own ledger has it); the server back, node 2 gets it, once."""
+        cluster = NatsCluster(tmp_path / "nats", 1).start()
+        prefix = f"t{uuid.uuid4().hex[:12]}"
+        ledgers = [ActivityLedger(tmp_path / "n1"), ActivityLedger(tmp_path / "n2")]
+        shared = [
+            SharedActivity(cluster.url.split(","), prefix, ledger, ActivitySettings())
+            for ledger in ledgers
+        ]
+        try:
+            for one in shared:
+                await one.start()
+            minute = int(time.time() // 60)
+            first = Delta(ledgers[0].node_id, minute, counts=[("acc", PROCESSED, "", 3)])
+            ledgers[0].apply(first, ActivitySettings())
+            shared[0].offer(first)
+            await _until(lambda: _processed(ledgers[1]) == 3)
+            cluster.kill(0)
+            second = Delta(ledgers[0].node_id, minute, counts=[("acc", PROCESSED, "", 4)])
+            ledgers[0].apply(second, ActivitySettings())
+            shared[0].offer(second)
+            await asyncio.sleep(0.5)  # publishing fails meanwhile: the delta stays
+            assert shared[0].unpublished == 1
+            assert (_processed(ledgers[0]), _processed(ledgers[1])) == (7, 3)
+            await asyncio.to_thread(cluster.restart, 0)
+            await _until(lambda: _processed(ledgers[1]) == 7, within=20)
+            assert shared[0].unpublished == 0
+            assert _processed(ledgers[0]) == 7  # its own, read back from the stream: skipped
+        finally:
+            for one in shared:
+                await one.stop(timeout=0.5)
+            for ledger in ledgers:
+                ledger.close()
+            cluster.stop()
+
+
+def _processed(ledger: ActivityLedger) -> int:
+    return ledger.totals("acc", time.time() - 120).processed
+
+
+async def _until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        await asyncio.sleep(0.05)

@@ -50,6 +50,8 @@ OUTBOX_BYTES: Final = 16 << 20
 MESSAGE_BYTES: Final = 512 << 10
 #: How often the outbox is published, and the stream's deltas applied at most.
 PUBLISH_SECONDS: Final = 0.25
+#: Seconds without a message after which the stream is subscribed to again.
+IDLE_SECONDS: Final = 60.0
 _encode: Final = msgspec.msgpack.Encoder().encode
 _decode: Final = msgspec.msgpack.Decoder(Delta).decode
 
@@ -230,14 +232,7 @@ class SharedActivity:
     async def _run(self) -> None:
         # Never ends the server: the cluster may be out of reach at start, or later.
         self._nc = await connect(self.servers, float("inf"), lambda: self._closing)
-        while True:
-            try:
-                stream_id = await self._ensure_stream()
-                break
-            except (NatsError, OSError) as exc:
-                log.info("the activity stream is not ready (%s); retrying", exc)
-                await asyncio.sleep(1)
-        applying = asyncio.create_task(self._apply_forever(stream_id))
+        applying = asyncio.create_task(self._apply_forever())
         try:
             while True:
                 await asyncio.sleep(PUBLISH_SECONDS)
@@ -286,11 +281,12 @@ class SharedActivity:
             await js.publish(self.subject, payload, headers={"Nats-Msg-Id": msg_id})
             self._outbox.done(msg_id)
 
-    async def _apply_forever(self, stream_id: str) -> None:
+    async def _apply_forever(self) -> None:
         assert self._nc is not None
         js = self._nc.jetstream(timeout=5)
         while True:
             try:
+                stream_id = await self._ensure_stream()
                 applied = await asyncio.to_thread(self.ledger.applied_sequence, stream_id)
                 subscription = await js.subscribe(
                     self.subject,
@@ -307,16 +303,26 @@ class SharedActivity:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the dashboard must never take the service down
-                log.warning("reading the activity stream stopped (%s); starting again", exc)
+                log.info("the activity stream cannot be read now (%s); trying again", exc)
                 await asyncio.sleep(1)
 
     async def _apply_from(self, subscription: object) -> None:
+        """Apply what the subscription brings, in batches; return (to subscribe again from
+        the ledger's last sequence) after a reconnection or a minute without messages: a
+        consumer the servers lost meanwhile is never waited on for long."""
+        assert self._nc is not None
         next_msg = subscription.next_msg  # type: ignore[attr-defined]
+        reconnects = self._nc.stats["reconnects"]
+        idle = 0.0
         while True:
             try:
-                first = await next_msg(timeout=3600)
+                first = await next_msg(timeout=1.0)
             except NatsTimeoutError:
+                idle += 1.0
+                if idle >= IDLE_SECONDS or self._nc.stats["reconnects"] != reconnects:
+                    return
                 continue
+            idle = 0.0
             batch = [first]
             started = time.monotonic()
             # What already arrived goes in one transaction (at most a quarter of a second's).

@@ -431,7 +431,7 @@ class JetStreamAccountBook:
             value = self._entries[kind].get(name)
             return None if value is None else (value, self._revisions.get(key, 0))
 
-    def fetch_entry(self, kind: str, name: str, timeout: float = 2.0) -> bytes | None:
+    def fetch_entry(self, kind: str, name: str, timeout: float = 0.5) -> bytes | None:
         """An entry read from the cluster now (for one a watch may not have brought yet);
         None if there is none or the cluster does not answer."""
         if self._kv is None:

@@ -50,6 +50,8 @@ OUTBOX_BYTES: Final = 16 << 20
 MESSAGE_BYTES: Final = 512 << 10
 #: How often the outbox is published, and the stream's deltas applied at most.
 PUBLISH_SECONDS: Final = 0.25
+#: Messages applied in one transaction: at most this many bytes of them.
+BATCH_BYTES: Final = 8 << 20
 #: Seconds without a message after which the stream is subscribed to again.
 IDLE_SECONDS: Final = 60.0
 _encode: Final = msgspec.msgpack.Encoder().encode
@@ -183,6 +185,7 @@ class SharedActivity:
         self.settings = settings
         self._outbox = _Outbox(outbox_bytes)
         self._closing = False
+        self._warned = float("-inf")
         self._nc: Client | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -204,7 +207,9 @@ class SharedActivity:
         """A flush's delta to publish (from the recorder's thread; memory only)."""
         before = self._outbox.dropped_rows + self._outbox.dropped_deltas
         self._outbox.put(delta)
-        if self._outbox.dropped_rows + self._outbox.dropped_deltas > before:
+        dropped = self._outbox.dropped_rows + self._outbox.dropped_deltas > before
+        if dropped and time.monotonic() - self._warned >= 60:  # once a minute, not a second
+            self._warned = time.monotonic()
             log.warning(
                 "the activity outbox is full (the cluster is out of reach): %d rows and %d"
                 " flushes dropped so far",
@@ -324,13 +329,15 @@ class SharedActivity:
                 continue
             idle = 0.0
             batch = [first]
+            size = len(first.data)
             started = time.monotonic()
-            # What already arrived goes in one transaction (at most a quarter of a second's).
-            while len(batch) < 1000 and time.monotonic() - started < PUBLISH_SECONDS:
+            # What already arrived goes in one transaction (a quarter of a second's, 8 MiB).
+            while size < BATCH_BYTES and time.monotonic() - started < PUBLISH_SECONDS:
                 try:
                     batch.append(await next_msg(timeout=0.01))
                 except NatsTimeoutError:
                     break
+                size += len(batch[-1].data)
             deltas = [(msg.metadata.sequence.stream, _read(msg.data)) for msg in batch]
             await asyncio.to_thread(self.ledger.apply_shared, deltas, self.settings)
 

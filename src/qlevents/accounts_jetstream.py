@@ -8,6 +8,8 @@ key) holds
     use.<client key>       when the key was last used (Unix time; written at most once a
                            minute per key and node)
     setting.endpoint_url   the installation's public endpoint URL
+    user.<email, base64url>  a dashboard user (users_jetstream.py)
+    session.<token hash>   a dashboard session: its user, CSRF token and expiry
 
 Each book watches the whole bucket (the snapshot, then every change, ~2 ms after a write)
 and answers every read from its copy in memory: a node that loses the cluster keeps
@@ -69,6 +71,8 @@ USE_WRITE_SECONDS: Final = 60.0
 #: Times a change is retried when another node changed the same account meanwhile.
 CONFLICT_RETRIES: Final = 5
 _ENDPOINT: Final = "setting.endpoint_url"
+#: Kinds of entries the book holds for the dashboard's users (users_jetstream.py).
+ENTRY_KINDS: Final = ("user", "session")
 T = TypeVar("T")
 
 
@@ -102,6 +106,8 @@ class JetStreamAccountBook:
         self._previous: dict[str, PreviousKey] = {}
         self._uses: dict[str, float] = {}
         self._settings: dict[str, str] = {}
+        # The entries the book keeps for others (users_jetstream.py), by kind, as stored.
+        self._entries: dict[str, dict[str, bytes]] = {kind: {} for kind in ENTRY_KINDS}
         self._revisions: dict[str, int] = {}
         self._version = 0
         self._closing = False
@@ -232,6 +238,11 @@ class JetStreamAccountBook:
                     self._uses[name] = max(self._uses.get(name, 0.0), float(value or b"0"))
                 elif kind == "setting" and not deleted:
                     self._settings[name] = (value or b"").decode()
+                elif kind in self._entries:
+                    if deleted:
+                        self._entries[kind].pop(name, None)
+                    else:
+                        self._entries[kind][name] = value or b""
             except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
                 log.warning("the account book's entry %s is unreadable (%s); ignored", key, exc)
                 return
@@ -417,6 +428,63 @@ class JetStreamAccountBook:
     def key_uses(self, keys: Iterable[str]) -> dict[str, float]:
         with self._lock:
             return {key: self._uses[key] for key in keys if key in self._uses}
+
+    # --- entries kept for others (the dashboard's users and sessions) ----------------------
+
+    def entries(self, kind: str) -> dict[str, bytes]:
+        """Every entry ``<kind>.<name>`` of the copy in memory, by name."""
+        with self._lock:
+            return dict(self._entries[kind])
+
+    def entry(self, kind: str, name: str) -> tuple[bytes, int] | None:
+        """An entry of the copy in memory and its revision."""
+        key = f"{kind}.{name}"
+        with self._lock:
+            value = self._entries[kind].get(name)
+            return None if value is None else (value, self._revisions.get(key, 0))
+
+    def fetch_entry(self, kind: str, name: str, timeout: float = 0.5) -> bytes | None:
+        """An entry read from the cluster now (for one a watch may not have brought yet);
+        None if there is none or the cluster does not answer."""
+        if self._kv is None:
+            return None
+        kv = self._kv
+        try:
+            found = self._run(asyncio.wait_for(kv.get(f"{kind}.{name}"), timeout), timeout + 1)
+        except (NatsError, StoreUnavailableError, TimeoutError):
+            return None
+        if found.value is None:
+            return None
+        self._apply(found.key, found.value, found.revision, None)
+        return found.value
+
+    def put_entry(self, kind: str, name: str, value: bytes, last: int | None = None) -> None:
+        """Write an entry; ``last``: only over that revision (0: only if new), else
+        :class:`EntryConflictError`."""
+        try:
+            self._write(f"{kind}.{name}", value, last)
+        except KeyWrongLastSequenceError as exc:
+            raise EntryConflictError(f"{kind}.{name} changed meanwhile") from exc
+
+    def delete_entry(self, kind: str, name: str) -> None:
+        """Delete an entry everywhere (a no-op for one that does not exist)."""
+        if self.readonly or self._kv is None:
+            raise AccountError("the account book was opened read-only")
+        kv = self._kv
+        key = f"{kind}.{name}"
+        try:
+            self._run(_with_timeout(kv.delete(key)), WRITE_TIMEOUT + 1)
+        except NatsError as exc:
+            raise StoreUnavailableError(
+                f"the account book on NATS cannot take changes now: {exc or type(exc).__name__}"
+            ) from exc
+        with self._lock:
+            if self._entries[kind].pop(name, None) is not None:
+                self._version += 1
+
+
+class EntryConflictError(AccountError):
+    """An entry was written over a revision it no longer has (another node changed it)."""
 
 
 def _replace(account: Account, **changes: Any) -> Account:

@@ -4,7 +4,10 @@ A user is an ``operator`` (every account, the account book, other users) or a ``
 one account (named by the account's stable id, so a key rotation changes nothing). Users live
 in a ``users`` table beside ``accounts`` in ``<data-dir>/accounts.sqlite3``, so the CLI and
 every server worker share them; dashboard sessions live there too (``sessions``), written
-only at sign-in and sign-out.
+only at sign-in and sign-out. On a NATS cluster they live in the account book's bucket
+instead (users_jetstream.py), so every node shares them; both stores implement
+:class:`UserStoreLike`, which is all the dashboard and ``qlevents users`` use
+(``store/factory.py:build_user_store`` picks one).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -85,8 +88,53 @@ def check_password(password: str) -> str:
     return password
 
 
-def _token_hash(token: str) -> str:
+def token_hash(token: str) -> str:
+    """What a store keeps of a session's token (the cookie's value is never stored)."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def check_role(role: str, account_id: str | None) -> None:
+    if role not in (OPERATOR, MEMBER):
+        raise UserError(f"a role is 'operator' or 'member'; got {role!r}")
+    if (role == MEMBER) != (account_id is not None):
+        raise UserError("a member belongs to one account; an operator to none")
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(check_password(password))
+
+
+def password_matches(stored: str | None, password: str) -> bool:
+    """Whether ``password`` is the one ``stored`` hashes (None: no such user, verified
+    against a dummy hash all the same, so the answer takes as long either way)."""
+    try:
+        _hasher.verify(stored or _dummy_hash(), password[:MAX_PASSWORD])
+    except (VerificationError, InvalidHashError):
+        return False
+    return stored is not None
+
+
+def new_session_tokens() -> tuple[str, str]:
+    """A session's cookie token and its CSRF token."""
+    return secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+
+
+class UserStoreLike(Protocol):
+    """What the dashboard and ``qlevents users`` use of the users and sessions:
+    :class:`UserStore` (SQLite, one machine) and
+    :class:`~qlevents.users_jetstream.JetStreamUserStore` (a NATS cluster's bucket)."""
+
+    def close(self) -> None: ...
+    def add(self, email: str, password: str, role: Role, account_id: str | None = None) -> User: ...
+    def get(self, email: str) -> User: ...
+    def all(self) -> list[User]: ...
+    def disable(self, email: str) -> User: ...
+    def enable(self, email: str) -> User: ...
+    def set_password(self, email: str, password: str) -> User: ...
+    def authenticate(self, email: str, password: str) -> User | None: ...
+    def open_session(self, user: User, seconds: float = SESSION_SECONDS) -> tuple[str, Session]: ...
+    def session(self, token: str) -> Session | None: ...
+    def close_session(self, token: str) -> None: ...
 
 
 class UserStore:
@@ -109,11 +157,8 @@ class UserStore:
 
     def add(self, email: str, password: str, role: Role, account_id: str | None = None) -> User:
         email = normalize_email(email)
-        if role not in (OPERATOR, MEMBER):
-            raise UserError(f"a role is 'operator' or 'member'; got {role!r}")
-        if (role == MEMBER) != (account_id is not None):
-            raise UserError("a member belongs to one account; an operator to none")
-        password_hash = _hasher.hash(check_password(password))
+        check_role(role, account_id)
+        password_hash = hash_password(password)
         try:
             self._run(
                 "INSERT INTO users (email, password_hash, role, account_id, created_at)"
@@ -155,7 +200,7 @@ class UserStore:
     def set_password(self, email: str, password: str) -> User:
         """A new password; every session of the user ends."""
         user = self.get(email)
-        password_hash = _hasher.hash(check_password(password))
+        password_hash = hash_password(password)
         self._run("UPDATE users SET password_hash = ? WHERE email = ?", (password_hash, user.email))
         self._run("DELETE FROM sessions WHERE email = ?", (user.email,))
         return user
@@ -165,12 +210,7 @@ class UserStore:
         rows = self._run(
             "SELECT password_hash FROM users WHERE email = ?", (email.strip().lower(),)
         )
-        stored = rows[0][0] if rows else _dummy_hash()
-        try:
-            _hasher.verify(stored, password[:MAX_PASSWORD])
-        except (VerificationError, InvalidHashError):
-            return None
-        if not rows:
+        if not password_matches(rows[0][0] if rows else None, password):
             return None
         user = self.get(email)
         return None if user.disabled else user
@@ -179,13 +219,12 @@ class UserStore:
 
     def open_session(self, user: User, seconds: float = SESSION_SECONDS) -> tuple[str, Session]:
         """A new session: the token for the cookie (never stored), and the session."""
-        token = secrets.token_urlsafe(32)
-        csrf = secrets.token_urlsafe(32)
+        token, csrf = new_session_tokens()
         expires_at = time.time() + seconds
         self._run("DELETE FROM sessions WHERE expires_at < ?", (time.time(),))
         self._run(
             "INSERT INTO sessions (token_hash, email, csrf, expires_at) VALUES (?, ?, ?, ?)",
-            (_token_hash(token), user.email, csrf, expires_at),
+            (token_hash(token), user.email, csrf, expires_at),
         )
         return token, Session(user, csrf, expires_at)
 
@@ -194,7 +233,7 @@ class UserStore:
         rows = self._run(
             "SELECT u.email, u.role, u.account_id, u.disabled, u.created_at, s.csrf, s.expires_at"
             " FROM sessions s JOIN users u ON u.email = s.email WHERE s.token_hash = ?",
-            (_token_hash(token),),
+            (token_hash(token),),
         )
         if not rows:
             return None
@@ -204,4 +243,4 @@ class UserStore:
         return Session(User(email, role, account_id, False, created_at), csrf, expires_at)
 
     def close_session(self, token: str) -> None:
-        self._run("DELETE FROM sessions WHERE token_hash = ?", (_token_hash(token),))
+        self._run("DELETE FROM sessions WHERE token_hash = ?", (token_hash(token),))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,14 @@ import msgspec
 import pytest
 
 from qlevents.events import ErrorEntry, StoredEvent
-from qlevents.server.activity import ActivityLedger, ActivityRecorder, ActivitySettings
+from qlevents.server.activity import (
+    FAILED,
+    PROCESSED,
+    ActivityLedger,
+    ActivityRecorder,
+    ActivitySettings,
+    Delta,
+)
 
 KEYS = {"qlk_a": "acc_a", "qlk_b": "acc_b", "qlk_moved": "acc_m"}
 
@@ -238,3 +246,101 @@ class TestStop:
         await asyncio.sleep(0.05)  # the first flush is in its thread now
         await recorder.stop()
         assert overlaps == []
+
+
+def _delta(origin: str, processed: int = 1, account: str = "acc_a") -> Delta:
+    now = time.time()
+    return Delta(
+        origin,
+        int(now // 60),
+        counts=[(account, PROCESSED, "", processed)],
+        last=[(account, now)],
+        live=[(account, now, PROCESSED, "", "P1", "{}", "[]")],
+    )
+
+
+class TestSharedDeltas:
+    """The deltas of a cluster's activity stream, applied once by sequence."""
+
+    def test_a_sequence_applied_again_counts_once(self, ledger: ActivityLedger) -> None:
+        """A redelivered batch (or one overlapping the last) adds only what is new."""
+        ledger.applied_sequence("stream-1")
+        first = ledger.apply_shared([(1, _delta("n2")), (2, _delta("n2"))], ActivitySettings())
+        again = ledger.apply_shared([(2, _delta("n2")), (3, _delta("n2"))], ActivitySettings())
+        assert (first, again) == (2, 1)
+        assert ledger.totals("acc_a", time.time() - 60).processed == 3
+        assert len(ledger.live("acc_a")) == 3
+        assert ledger.applied_sequence("stream-1") == 3
+
+    def test_the_nodes_own_deltas_are_not_added_twice(self, ledger: ActivityLedger) -> None:
+        """Its own flushes are in the ledger already: skipped, their sequence passed."""
+        ledger.applied_sequence("stream-1")
+        ledger.apply(_delta(ledger.node_id, 5), ActivitySettings())
+        added = ledger.apply_shared(
+            [(1, _delta(ledger.node_id, 5)), (2, _delta("n2", 1))], ActivitySettings()
+        )
+        assert added == 1
+        assert ledger.totals("acc_a", time.time() - 60).processed == 6
+        assert ledger.applied_sequence("stream-1") == 2
+
+    def test_workers_applying_the_same_stream_at_once_count_it_once(self, tmp_path: Path) -> None:
+        """Two workers of a node (two connections to one file), each applying the whole
+        stream in its own batches concurrently: every delta counted exactly once."""
+        deltas = [(sequence, _delta("n2")) for sequence in range(1, 301)]
+        workers = [ActivityLedger(tmp_path), ActivityLedger(tmp_path)]
+        workers[0].applied_sequence("stream-1")
+
+        def apply_all(worker: ActivityLedger, size: int) -> None:
+            for start in range(0, len(deltas), size):
+                worker.apply_shared(deltas[start : start + size], ActivitySettings())
+
+        threads = [
+            threading.Thread(target=apply_all, args=(worker, size))
+            for worker, size in zip(workers, (7, 11), strict=True)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        try:
+            assert workers[0].totals("acc_a", time.time() - 60).processed == 300
+            assert workers[1].applied_sequence("stream-1") == 300
+        finally:
+            for worker in workers:
+                worker.close()
+
+    def test_a_stream_made_anew_is_read_from_its_start(self, ledger: ActivityLedger) -> None:
+        """Another stream identity (deleted and created again): its sequences start over."""
+        ledger.applied_sequence("created-1")
+        ledger.apply_shared([(1, _delta("n2")), (2, _delta("n2"))], ActivitySettings())
+        assert ledger.applied_sequence("created-1") == 2
+        assert ledger.applied_sequence("created-2") == 0
+        assert ledger.apply_shared([(1, _delta("n2"))], ActivitySettings()) == 1
+
+    def test_a_nodes_id_is_kept_with_its_ledger(self, tmp_path: Path) -> None:
+        """Every worker of a node (and a restart) has the same id; another node another."""
+        first, again = ActivityLedger(tmp_path / "a"), ActivityLedger(tmp_path / "a")
+        other = ActivityLedger(tmp_path / "b")
+        try:
+            assert first.node_id == again.node_id != other.node_id
+        finally:
+            for opened in (first, again, other):
+                opened.close()
+
+    def test_a_flush_is_handed_to_share_as_written(self, ledger: ActivityLedger) -> None:
+        """On a cluster each flush's delta (by account id, its origin this node) is shared."""
+        shared: list[Delta] = []
+        recorder = ActivityRecorder(ledger, KEYS.get, share=shared.append)
+        now = time.time()
+        bad, error = _failed("qlk_b", "invalid_type")
+        recorder.record(_stored("qlk_a", 2), [bad], [error], now, now + 0.01)
+        recorder.flush()
+        recorder.flush()  # nothing new: nothing shared
+        [delta] = shared
+        assert delta.origin == ledger.node_id
+        assert sorted(delta.counts) == [
+            ("acc_a", PROCESSED, "", 2),
+            ("acc_b", FAILED, "invalid_type", 1),
+        ]
+        assert [row[0] for row in delta.failed] == ["acc_b"]
+        assert json.loads(delta.failed[0][3])[0]["code"] == "invalid_type"

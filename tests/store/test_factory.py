@@ -99,3 +99,23 @@ def test_bad_cluster_settings_are_refused_by_name(values: dict[str, str], messag
     """A URL that is not nats://, or a prefix that cannot start a subject, says which."""
     with pytest.raises(SettingsError, match=re.escape(message)):
         StoreSettings(**values)  # type: ignore[arg-type]
+
+
+def test_on_one_machine_users_are_the_data_directorys_and_activity_is_not_shared(
+    tmp_path: Path,
+) -> None:
+    """SQLite (the default): the users of the data directory's book file, and no stream."""
+    from qlevents.server.activity import ActivityLedger, ActivitySettings
+    from qlevents.store.factory import build_shared_activity, build_user_store
+    from qlevents.users import OPERATOR, UserStore
+
+    users = build_user_store(StoreSettings(), tmp_path)
+    ledger = ActivityLedger(tmp_path)
+    try:
+        assert isinstance(users, UserStore)
+        users.add("ann@shop.example", "a long password", OPERATOR)
+        assert (tmp_path / "accounts.sqlite3").exists()
+        assert build_shared_activity(StoreSettings(), ledger, ActivitySettings()) is None
+    finally:
+        users.close()
+        ledger.close()

@@ -129,16 +129,15 @@ def _prepare_accounts(settings: Settings, endpoint: str, dashboard: str, *, demo
     it, say how to create an account when there is none. Then say where the dashboard is,
     and while it has no user, how to create one to sign in with. On a NATS cluster the book
     is the cluster's (every node's), so the first node to start makes the demo account; the
-    dashboard's users are each node's own (its data directory)."""
-    from qlevents.store.factory import build_account_book
-    from qlevents.users import UserStore
+    dashboard's users are the cluster's too."""
+    from qlevents.store.factory import build_account_book, build_user_store
 
     run = _program()
     data_dir = settings.data_dir
     local = f"--data-dir {shlex.quote(str(data_dir))}"
     where = f"--store {settings.storage.store}" if settings.storage.is_nats else local
     book = build_account_book(settings.storage, data_dir)
-    users = UserStore(data_dir)
+    users = build_user_store(settings.storage, data_dir, book)
     try:
         book.record_local_endpoint(endpoint)
         accounts = book.all()
@@ -170,9 +169,9 @@ def _prepare_accounts(settings: Settings, endpoint: str, dashboard: str, *, demo
             f"Dashboard: {dashboard} (no user yet)",
             "Create an operator" + (", or a member of 'demo'," if demos else "")
             + " to sign in with (then type a password of 10+ characters, and Enter):",
-            f"  {run} users add you@example.com --operator --password-stdin {local}",
+            f"  {run} users add you@example.com --operator --password-stdin {where}",
             *(f"  {run} users add dev@shop.example --account {a.client_key} --password-stdin"
-              f" {local}" for a in demos[:1]),
+              f" {where}" for a in demos[:1]),
         ]  # fmt: skip
         print("\n".join(lines) + "\n", flush=True)
     finally:

@@ -5,6 +5,8 @@ qlevents users list [--json]
 qlevents users disable EMAIL
 qlevents users passwd EMAIL --password-stdin
 
+Each takes ``--store nats://…`` (or QLEVENTS_STORE): the users every node of that cluster
+shares, in its account book's bucket, instead of the data directory's.
 """
 
 from __future__ import annotations
@@ -12,10 +14,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from qlevents.cli.common import Commands, add_commands, data_dir_option, data_dir_path
+from qlevents.cli.common import (
+    Commands,
+    add_commands,
+    data_dir_option,
+    data_dir_path,
+    store_option,
+    store_settings,
+)
 from qlevents.cli.errors import CommandError
+
+if TYPE_CHECKING:
+    from qlevents.accounts import AccountBookLike
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -33,25 +45,34 @@ def run(args: argparse.Namespace) -> int:
     """Run ``qlevents users ACTION``."""
     try:
         from qlevents.accounts import AccountBook, AccountError
-        from qlevents.users import MEMBER, OPERATOR, UserError, UserStore
+        from qlevents.store.factory import build_user_store
+        from qlevents.users import MEMBER, OPERATOR, UserError
+        from qlevents.users_jetstream import JetStreamUserStore
     except ImportError as exc:
         raise CommandError(
             f"'qlevents users' needs the server extra ({exc.name} is missing):"
             " pip install 'qlevents[server]'"
         ) from exc
-    users = UserStore(data_dir_path(args))
+    users = build_user_store(store_settings(args), data_dir_path(args))
     try:
         action = args.action
         if action == "add":
             account_id = None
             if args.account is not None:
-                book = AccountBook(data_dir_path(args))
+                # On a cluster the users' own book (its bucket); else the data directory's.
+                shared = isinstance(users, JetStreamUserStore)
+                book: AccountBookLike = (
+                    users.book
+                    if isinstance(users, JetStreamUserStore)
+                    else AccountBook(data_dir_path(args))
+                )
                 try:
                     account_id = book.get(args.account).id
                 except AccountError as exc:
                     raise CommandError(str(exc)) from None
                 finally:
-                    book.close()
+                    if not shared:
+                        book.close()
             if args.operator:
                 user = users.add(args.email, _password(args), OPERATOR)
             else:
@@ -99,6 +120,7 @@ def add_parser(commands: Commands) -> None:
     users = commands.add_parser("users", help="manage the dashboard's users")
     actions = add_commands(users, dest="action")
     common = data_dir_option()
+    store_option(common)
     common.add_argument("--json", action="store_true", help="machine-readable output")
     add = actions.add_parser("add", parents=[common], help="add a user")
     add.add_argument("email", metavar="EMAIL", help="the user's email address (their sign-in)")

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import secrets
 import sqlite3
 import threading
 import time
@@ -45,6 +47,11 @@ WRONG_ENDPOINT: Final = "wrong_endpoint"
 LIVE_SKIPPED: Final = "live_skipped"
 #: Minute counts and lag samples older than this are deleted (the overview shows 7 days).
 KEEP_MINUTES_DAYS: Final = 8
+# Names in the ledger's meta table: this node's id, and the cluster's activity stream (its
+# identity, the last sequence applied).
+NODE: Final = "node"
+STREAM: Final = "stream"
+APPLIED: Final = "applied"
 _key_of_stored: Final = attrgetter("client_key")
 _encode: Final = msgspec.json.Encoder().encode
 log: Final = logging.getLogger("qlevents.activity")
@@ -71,6 +78,7 @@ CREATE TABLE IF NOT EXISTS live (
     errors TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS live_account ON live (account, id);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -140,6 +148,71 @@ class _Pending:
         return found
 
 
+class Delta(msgspec.Struct, frozen=True, array_like=True):
+    """What one flush of one worker adds to a ledger, by account id: the message a node
+    publishes to the cluster's activity stream (activity_jetstream.py), msgpack-encoded."""
+
+    #: The node whose recorder counted it (:attr:`ActivityLedger.node_id`).
+    origin: str
+    #: The minute (Unix time // 60) it is counted in.
+    minute: int
+    #: (account, kind, detail, n): ``counts`` rows to add.
+    counts: list[tuple[str, str, str, int]] = []
+    #: (account, requests, total seconds, worst seconds)
+    lags: list[tuple[str, int, float, float]] = []
+    #: (account, time of its last event)
+    last: list[tuple[str, float]] = []
+    #: (account, at, outcome, code, product_id, body, errors json)
+    live: list[tuple[str, float, str, str, str, str, str]] = []
+    #: (account, received_at, body as sent, errors json)
+    failed: list[tuple[str, float, bytes, str]] = []
+
+    @property
+    def empty(self) -> bool:
+        return not (self.counts or self.lags or self.last or self.live or self.failed)
+
+
+def delta_of(origin: str, minute: int, pending: _Pending, account: Callable[[str], str]) -> Delta:
+    """A flush interval's counts by account id (``account`` maps a key to its account)."""
+    counts: Counter[tuple[str, str, str]] = Counter()
+    lags: dict[str, list[float]] = {}
+    last: dict[str, float] = {}
+    # Every event is shown live or skipped: the skipped are the others.
+    shown = Counter((entry[0], entry[2]) for entry in pending.live)
+    failed_by_key: Counter[str] = Counter()
+    for (key, code), n in pending.failed.items():
+        counts[account(key), FAILED, code] += n
+        failed_by_key[key] += n
+    for key, (processed, at, requests, total, worst, _) in pending.keys.items():
+        acc = account(key)
+        if processed:
+            counts[acc, PROCESSED, ""] += int(processed)
+        skipped = int(processed) - shown[key, PROCESSED] + failed_by_key[key] - shown[key, FAILED]
+        if skipped:
+            counts[acc, LIVE_SKIPPED, ""] += skipped
+        if requests:
+            into = lags.setdefault(acc, [0.0, 0.0, 0.0])
+            into[0] += requests
+            into[1] += total
+            into[2] = max(into[2], worst)
+        if at:
+            last[acc] = max(at, last.get(acc, 0.0))
+    for (key, endpoint), n in pending.wrong_endpoint.items():
+        counts[account(key), WRONG_ENDPOINT, endpoint] += n
+    return Delta(
+        origin,
+        minute,
+        [(a, kind, detail, n) for (a, kind, detail), n in counts.items()],
+        [(a, int(n), total, worst) for a, (n, total, worst) in lags.items()],
+        list(last.items()),
+        [
+            (account(key), at, outcome, code, product, *_live_body(body, errors))
+            for key, at, outcome, code, product, body, errors in pending.live
+        ],
+        [(account(key), at, body, errs) for key, at, body, errs in pending.failed_events],
+    )
+
+
 class ActivityRecorder:
     """Counts each request's outcome in memory; ``start()`` runs the flusher."""
 
@@ -149,10 +222,13 @@ class ActivityRecorder:
         resolve: Callable[[str], str | None],
         settings: ActivitySettings | None = None,
         key_uses: Callable[[Mapping[str, float]], None] | None = None,
+        share: Callable[[Delta], None] | None = None,
     ) -> None:
         """``resolve`` maps a client key to its account's id (None: no such account);
-        ``key_uses`` is given each key's last use at most once a minute."""
+        ``key_uses`` is given each key's last use at most once a minute; ``share`` (on a
+        cluster) each flush's delta once it is in the local ledger."""
         self.ledger = ledger
+        self.share = share
         self.resolve = resolve
         self.settings = settings or ActivitySettings()
         self._pending = _Pending(self.settings.live_per_second)
@@ -298,8 +374,10 @@ class ActivityRecorder:
                 accounts[key] = (self.resolve(key) or "") if key else ""
             return accounts[key]
 
-        minute = int(pending.started // 60)
-        self.ledger.write(minute, pending, account, self.settings)
+        delta = delta_of(self.ledger.node_id, int(pending.started // 60), pending, account)
+        self.ledger.apply(delta, self.settings)
+        if self.share is not None and not delta.empty:
+            self.share(delta)
         now = time.time()
         if self._key_uses is not None and uses and now - self._uses_written >= 60:
             self._uses, self._uses_written = {}, now
@@ -363,7 +441,16 @@ class ActivityLedger:
             # Counters, not acknowledged events: losing the last second in a power cut is fine.
             self._conn.execute("PRAGMA synchronous = NORMAL")
             self._conn.executescript(_SCHEMA)
+            self._conn.execute(
+                "INSERT OR IGNORE INTO meta VALUES (?, ?)", (NODE, secrets.token_hex(8))
+            )
         self._pruned = 0.0
+
+    @functools.cached_property
+    def node_id(self) -> str:
+        """This data directory's id among the nodes of a cluster (made with the file)."""
+        with self._lock:
+            return self._meta(NODE) or ""
 
     def close(self) -> None:
         with self._lock:
@@ -375,88 +462,116 @@ class ActivityLedger:
 
     # --- writing -------------------------------------------------------------------------
 
-    def write(
-        self,
-        minute: int,
-        pending: _Pending,
-        account: Callable[[str], str],
-        settings: ActivitySettings,
-    ) -> None:
-        counts: Counter[tuple[str, str, str]] = Counter()
-        lags: dict[str, list[float]] = {}
-        last: dict[str, float] = {}
-        # Every event is shown live or skipped: the skipped are the others.
-        shown = Counter((entry[0], entry[2]) for entry in pending.live)
-        failed_by_key: Counter[str] = Counter()
-        for (key, code), n in pending.failed.items():
-            counts[account(key), FAILED, code] += n
-            failed_by_key[key] += n
-        for key, (processed, at, requests, total, worst, _) in pending.keys.items():
-            acc = account(key)
-            if processed:
-                counts[acc, PROCESSED, ""] += int(processed)
-            skipped = (
-                int(processed) - shown[key, PROCESSED] + failed_by_key[key] - shown[key, FAILED]
-            )
-            if skipped:
-                counts[acc, LIVE_SKIPPED, ""] += skipped
-            if requests:
-                into = lags.setdefault(acc, [0.0, 0.0, 0.0])
-                into[0] += requests
-                into[1] += total
-                into[2] = max(into[2], worst)
-            if at:
-                last[acc] = max(at, last.get(acc, 0.0))
-        for (key, endpoint), n in pending.wrong_endpoint.items():
-            counts[account(key), WRONG_ENDPOINT, endpoint] += n
-        live = [
-            (account(key), at, outcome, code, product, *_live_body(body, errors))
-            for key, at, outcome, code, product, body, errors in pending.live
-        ]
-        failed = [(account(key), at, body, errs) for key, at, body, errs in pending.failed_events]
+    def apply(self, delta: Delta, settings: ActivitySettings) -> None:
+        """Add one flush's delta (this node's own) to the ledger, in one transaction."""
         now = time.time()
-        if not (counts or lags or last or live or failed) and now - self._pruned < 60:
+        if delta.empty and now - self._pruned < 60:
             return
         with self._lock:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(
-                    "INSERT INTO counts VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE"
-                    " SET n = n + excluded.n",
-                    [(a, minute, kind, detail, n) for (a, kind, detail), n in counts.items()],
-                )
-                conn.executemany(
-                    "INSERT INTO lag VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
-                    " n = n + excluded.n, total = total + excluded.total,"
-                    " worst = MAX(worst, excluded.worst)",
-                    [(a, minute, n, total, worst) for a, (n, total, worst) in lags.items()],
-                )
-                conn.executemany(
-                    "INSERT INTO last_event VALUES (?, ?) ON CONFLICT DO UPDATE"
-                    " SET at = MAX(at, excluded.at)",
-                    list(last.items()),
-                )
-                conn.executemany(
-                    "INSERT INTO live (account, at, outcome, code, product_id, body, errors)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    live,
-                )
-                conn.executemany(
-                    "INSERT INTO failed_events (account, received_at, body, errors)"
-                    " VALUES (?, ?, ?, ?)",
-                    failed,
-                )
-                if now - self._pruned >= 60:
-                    self._prune(now, settings)
-                    self._pruned = now
-                else:  # the counts bounds hold after every write, the ages' every minute
-                    self._trim_live({row[0] for row in live}, settings.live_keep)
-                    self._trim_failed({row[0] for row in failed}, settings.failed_keep)
+                self._add(delta)
+                self._bound(now, delta, settings)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+
+    def apply_shared(self, batch: list[tuple[int, Delta]], settings: ActivitySettings) -> int:
+        """Add the deltas of the cluster's activity stream (by stream sequence, ascending)
+        that this ledger has not applied yet, and none of this node's own (``apply`` wrote
+        them at flush), in one transaction with the last sequence applied: several workers
+        applying the same messages, a restart or a redelivery never count twice. How many
+        deltas were added."""
+        added = 0
+        own = self.node_id  # before the lock: reading it takes the lock once
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                applied = self._meta_int(APPLIED)
+                rows: list[str] = []
+                last = applied
+                for sequence, delta in batch:
+                    if sequence <= last:
+                        continue
+                    last = sequence
+                    if delta.origin != own:
+                        self._add(delta)
+                        rows.extend(row[0] for row in delta.live)
+                        added += 1
+                if last > applied:
+                    self._set_meta(APPLIED, str(last))
+                    self._trim_live(set(rows), settings.live_keep)
+                    accounts = {row[0] for _, d in batch for row in d.failed}
+                    self._trim_failed(accounts, settings.failed_keep)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return added
+
+    def applied_sequence(self, stream_id: str) -> int:
+        """The last sequence of the stream ``stream_id`` (its creation time: a stream
+        deleted and made again starts over) this ledger applied; 0 for another stream."""
+        with self._lock:
+            if self._meta(STREAM) != stream_id:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._set_meta(STREAM, stream_id)
+                self._set_meta(APPLIED, "0")
+                self._conn.execute("COMMIT")
+            return self._meta_int(APPLIED)
+
+    def _meta(self, name: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _meta_int(self, name: str) -> int:
+        return int(self._meta(name) or 0)
+
+    def _set_meta(self, name: str, value: str) -> None:
+        self._conn.execute(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
+
+    def _add(self, delta: Delta) -> None:
+        conn = self._conn
+        minute = delta.minute
+        conn.executemany(
+            "INSERT INTO counts VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE"
+            " SET n = n + excluded.n",
+            [(a, minute, kind, detail, n) for a, kind, detail, n in delta.counts],
+        )
+        conn.executemany(
+            "INSERT INTO lag VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+            " n = n + excluded.n, total = total + excluded.total,"
+            " worst = MAX(worst, excluded.worst)",
+            [(a, minute, n, total, worst) for a, n, total, worst in delta.lags],
+        )
+        conn.executemany(
+            "INSERT INTO last_event VALUES (?, ?) ON CONFLICT DO UPDATE"
+            " SET at = MAX(at, excluded.at)",
+            delta.last,
+        )
+        conn.executemany(
+            "INSERT INTO live (account, at, outcome, code, product_id, body, errors)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            delta.live,
+        )
+        conn.executemany(
+            "INSERT INTO failed_events (account, received_at, body, errors) VALUES (?, ?, ?, ?)",
+            delta.failed,
+        )
+
+    def _bound(self, now: float, delta: Delta, settings: ActivitySettings) -> None:
+        if now - self._pruned >= 60:
+            self._prune(now, settings)
+            self._pruned = now
+        else:  # the counts bounds hold after every write, the ages' every minute
+            self._trim_live({row[0] for row in delta.live}, settings.live_keep)
+            self._trim_failed({row[0] for row in delta.failed}, settings.failed_keep)
 
     def _trim_live(self, accounts: set[str], keep: int) -> None:
         for acc in accounts:

@@ -92,7 +92,7 @@ class EventsApp:
         self.openapi = (resources.files("qlevents.server") / "openapi.json").read_bytes()
         self.access_log = AccessLog() if settings.access_log else None
         self.dashboard = Dashboard(
-            settings.data_dir, self.directory, self.ingest, settings.dashboard
+            settings.data_dir, self.directory, self.ingest, settings.dashboard, settings.storage
         )
         self.unlogged = frozenset() if settings.access_log_probes else PROBES
 

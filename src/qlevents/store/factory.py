@@ -22,7 +22,10 @@ from qlevents.store.base import CommitObserver, EventStore
 
 if TYPE_CHECKING:
     from qlevents.accounts import AccountBookLike
+    from qlevents.server.activity import ActivityLedger, ActivitySettings
+    from qlevents.server.activity_jetstream import SharedActivity
     from qlevents.store.jetstream import PublishObserver
+    from qlevents.users import UserStoreLike
 
 #: The embedded store's file in the data directory.
 SQLITE_FILE: Final = "events.sqlite3"
@@ -142,3 +145,41 @@ def build_account_book(
     from qlevents.accounts import AccountBook
 
     return AccountBook(data_dir, readonly=readonly)
+
+
+def build_user_store(
+    settings: StoreSettings, data_dir: Path, book: AccountBookLike | None = None
+) -> UserStoreLike:
+    """The dashboard's users and sessions beside the store ``settings`` name: the data
+    directory's (in its account book's file), or on a NATS cluster entries of the shared
+    account book's bucket (``book``, the server's; else one opened now, closed with it)."""
+    if settings.is_nats:
+        from qlevents.accounts_jetstream import JetStreamAccountBook
+        from qlevents.users_jetstream import JetStreamUserStore
+
+        if isinstance(book, JetStreamAccountBook):
+            return JetStreamUserStore(book)
+        opened = build_account_book(settings, data_dir)
+        assert isinstance(opened, JetStreamAccountBook)
+        return JetStreamUserStore(opened, owns_book=True)
+    from qlevents.users import UserStore
+
+    return UserStore(data_dir)
+
+
+def build_shared_activity(
+    settings: StoreSettings, ledger: ActivityLedger, activity: ActivitySettings
+) -> SharedActivity | None:
+    """On a NATS cluster, what shares a node's dashboard activity with the other nodes
+    (not yet started); None on one machine, where the ledger is the whole story."""
+    if not settings.is_nats:
+        return None
+    from qlevents.server.activity_jetstream import STREAM_MAX_BYTES, SharedActivity
+
+    return SharedActivity(
+        settings.nats_servers,
+        settings.nats_prefix,
+        ledger,
+        activity,
+        max_bytes=min(STREAM_MAX_BYTES, settings.nats_max_bytes // 8),
+    )

@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from qlevents._exceptions import StoreUnavailableError
 from qlevents.accounts import (
     ACTIVE,
     DEFAULT_GRACE_SECONDS,
@@ -49,7 +50,7 @@ from qlevents.ui.security import (
     same_token,
 )
 from qlevents.ui.validate import dry_run
-from qlevents.users import MEMBER, OPERATOR, SESSION_SECONDS, Session, UserError, UserStore
+from qlevents.users import MEMBER, OPERATOR, SESSION_SECONDS, Session, UserError, UserStoreLike
 
 MAX_FORM_BYTES: Final = 5 * 1024 * 1024 + 64 * 1024
 LIVE_PAGE: Final = 100
@@ -71,7 +72,7 @@ class Deps:
 
     book: AccountBook
     """The dashboard's own connection to the account book (one call at a time: ``lock``)."""
-    users: UserStore
+    users: UserStoreLike
     ledger: ActivityLedger
     ingest: Ingest
     local_endpoint: str
@@ -550,9 +551,19 @@ def build_ui(deps: Deps) -> Starlette:
         return pages.render(request, "error.html", {"status": exc.status_code, "text": text},
                             status=exc.status_code)  # fmt: skip
 
+    async def cluster_away(request: Request, exc: Exception) -> Response:
+        # On a cluster, a change (a sign-in's session too) needs the NATS servers.
+        answer = pages.render(request, "error.html", {"status": 503, "text": str(exc)}, status=503)
+        answer.headers["Retry-After"] = "5"
+        return answer
+
     app = Starlette(
         routes=[Mount("/static", app=static, name="static"), *routes(pages)],
-        exception_handlers={_SignInRequired: sign_in_first, HTTPException: http_error},
+        exception_handlers={
+            _SignInRequired: sign_in_first,
+            HTTPException: http_error,
+            StoreUnavailableError: cluster_away,
+        },
     )
     app.add_middleware(SecurityHeaders)
     return app

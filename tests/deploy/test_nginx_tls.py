@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import certifi
 import httpx
 import pytest
 
@@ -188,11 +187,20 @@ def nginx(tmp_path: Path, upstream: RunningServer) -> Iterator[Nginx]:
 
 @pytest.fixture
 def sdk_trusts_the_test_ca(nginx: Nginx, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The SDK verifies certificates against certifi's bundle and has no option for another
-    CA: the test puts its CA in certifi's place, and keeps proxies out of the way."""
-    monkeypatch.setattr(certifi, "where", lambda: str(nginx.certificates.ca))
+    """The SDK trusts a private CA as httpx does, through SSL_CERT_FILE (docs/sdk.md);
+    proxies are kept out of the way."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(nginx.certificates.ca))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def sdk_trusts_certifi(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without SSL_CERT_FILE or SSL_CERT_DIR (which some machines set), the SDK trusts
+    certifi's bundle alone."""
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
 
 
 def contract_error(answer: httpx.Response, status: int) -> dict[str, object]:
@@ -221,6 +229,7 @@ class TestTheSDKOverHTTPS:
         stored = {event["product_id"] for event in nginx.upstream.stored()}
         assert stored == {f"sku-{i}" for i in range(20)} | {"sent-now"}
 
+    @pytest.mark.usefixtures("sdk_trusts_certifi")
     def test_a_certificate_the_sdk_cannot_verify_is_refused(self, nginx: Nginx) -> None:
         """With its own trust store (certifi), the SDK refuses the test CA's certificate:
         nothing is sent."""

@@ -226,13 +226,14 @@ class SharedActivity:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._publish(), timeout)
         self._closing = True
+        # Each step bounded: a server stopping must not wait on a cluster that went quiet.
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, timeout)
         if self._nc is not None:
             with contextlib.suppress(Exception):
-                await self._nc.close()
+                await asyncio.wait_for(self._nc.close(), timeout)
 
     async def _run(self) -> None:
         # Never ends the server: the cluster may be out of reach at start, or later.

@@ -427,7 +427,12 @@ class TestSQLiteWriterProcess:
             assert writer.conn is not None
             # Restarted: the next commit writes the WAL from its start.
             assert writer.commit([AppendMessage(4, insert_values(stored(1)))]).error is None
-            _, wal_frames, _ = writer.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            # -1: the checkpoint could not run (busy: the store's checkpointer was at it).
+            for _ in range(100):
+                _, wal_frames, _ = writer.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if wal_frames != -1:
+                    break
+                time.sleep(0.01)
             assert 0 < wal_frames < 10
             assert writer.conn.execute("SELECT count(*) FROM events").fetchone()[0] == 16
         finally:

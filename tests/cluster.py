@@ -15,7 +15,9 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import nats
@@ -159,3 +161,18 @@ async def delete_stream(cluster: NatsCluster, settings: StoreSettings) -> None:
         await nc.jetstream().delete_stream(stream_name(settings.nats_prefix))
     finally:
         await nc.close()
+
+
+def module_cluster(size: int) -> Callable[..., Any]:
+    """A module-scoped fixture of ``size`` NATS servers shared by a test module's tests
+    (tests that kill nodes start their own): ``nats_cluster = module_cluster(3)``."""
+
+    @pytest.fixture(scope="module")
+    def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+        started = NatsCluster(tmp_path_factory.mktemp("nats"), size)
+        try:
+            yield started.start()
+        finally:
+            started.stop()
+
+    return cluster

@@ -71,3 +71,14 @@ def local_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalApp]:
     """The app with the memory store, in this process, for the module (see ``LocalApp``)."""
     with LocalApp(tmp_path_factory.mktemp("local")) as app:
         yield app
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_event_loop_left_running() -> Iterator[None]:
+    """A module must not leave an asyncio loop running in the test process's thread (as
+    Playwright's sync API does while it is started): the next module's ``asyncio.run`` and
+    anyio tests would fail there, in whatever order the test processes take the files."""
+    import asyncio.events
+
+    yield
+    assert asyncio.events._get_running_loop() is None, "this module left a loop running"

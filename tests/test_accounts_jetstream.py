@@ -23,16 +23,9 @@ from qlevents.accounts import (
 )
 from qlevents.accounts_jetstream import JetStreamAccountBook
 from qlevents.store.factory import StoreSettings, build_account_book
-from tests.cluster import NatsCluster
+from tests.cluster import NatsCluster, module_cluster
 
-
-@pytest.fixture(scope="module")
-def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    cluster = NatsCluster(tmp_path_factory.mktemp("nats"), 3)
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
+nats_cluster = module_cluster(3)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ work, resuming where it stopped; on a single NATS server with the shipped config
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,19 +12,13 @@ import pytest
 from qlevents.consumer import EventConsumer, EventMessage
 from qlevents.store.factory import build_store
 from qlevents.store.jetstream import JetStreamEventStore
-from tests.cluster import NatsCluster, jetstream_settings
+from tests.cluster import NatsCluster, jetstream_settings, module_cluster
 from tests.store.events import stored
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="module")
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    cluster = NatsCluster(tmp_path_factory.mktemp("nats"), 1)
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
+nats_server = module_cluster(1)
 
 
 @pytest.fixture

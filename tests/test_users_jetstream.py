@@ -17,18 +17,12 @@ from qlevents.cli import main
 from qlevents.store.factory import StoreSettings, build_user_store
 from qlevents.users import MEMBER, OPERATOR, UserError
 from qlevents.users_jetstream import JetStreamUserStore
-from tests.cluster import NatsCluster
+from tests.cluster import NatsCluster, module_cluster
 
 PASSWORD = "correct horse battery"
 
 
-@pytest.fixture(scope="module")
-def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    cluster = NatsCluster(tmp_path_factory.mktemp("nats"), 1)
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
+nats_cluster = module_cluster(1)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import threading
@@ -22,7 +21,13 @@ import pytest
 
 from qlevents import Client
 from tests.cluster import NatsCluster
-from tests.deploy.test_nginx_tls import MAIN, Certificates, make_certificates, tool
+from tests.deploy.test_nginx_tls import (
+    MAIN,
+    Certificates,
+    make_certificates,
+    tool,
+    wait_listening,
+)
 from tests.support import RunningServer, free_port, metric, view
 from tests.test_cluster_faults_http import add_account, ingest_node, leader_index, stored_marks
 
@@ -61,15 +66,7 @@ def running_nginx(prefix: Path, site: str) -> Iterator[int]:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     port = int(site.split("listen 127.0.0.1:", 1)[1].split(" ", 1)[0])
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, (prefix / "error.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "nginx did not start listening"
-                time.sleep(0.05)
+        wait_listening(process, port, prefix / "error.log")
         yield port
     finally:
         process.send_signal(signal.SIGTERM)

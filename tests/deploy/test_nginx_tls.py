@@ -90,6 +90,19 @@ class Certificates:
     key: Path
 
 
+def wait_listening(process: subprocess.Popen[bytes], port: int, error_log: Path) -> None:
+    """Until nginx accepts connections on ``port`` (its error log if it exits first)."""
+    deadline = time.monotonic() + 20
+    while True:
+        assert process.poll() is None, error_log.read_text()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, "nginx did not start listening"
+            time.sleep(0.05)
+
+
 def make_certificates(directory: Path) -> Certificates:
     """A test CA and a certificate it signed for 127.0.0.1 (and localhost), by openssl."""
     openssl = tool("openssl")
@@ -170,15 +183,7 @@ def nginx(tmp_path: Path, upstream: RunningServer) -> Iterator[Nginx]:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     running = Nginx(port, upstream, certificates, prefix)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, (prefix / "error.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "nginx did not start listening"
-                time.sleep(0.05)
+        wait_listening(process, port, prefix / "error.log")
         yield running
     finally:
         process.send_signal(signal.SIGTERM)  # nginx's fast shutdown

@@ -15,21 +15,15 @@ import pytest
 
 from qlevents.store import EventStore
 from qlevents.store.factory import StoreSettings, build_store
-from tests.cluster import NatsCluster, delete_stream, jetstream_settings
+from tests.cluster import NatsCluster, delete_stream, jetstream_settings, module_cluster
 
 IMPLEMENTATIONS = ["memory", "sqlite", "jetstream"]
 
 
-@pytest.fixture(scope="module")
-def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    """Three NATS servers with the shipped configuration, shared by a module's tests (tests
-    that kill nodes start their own). Not the session's: other modules count the test
-    process's children."""
-    cluster = NatsCluster(tmp_path_factory.mktemp("nats"), 3)
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
+#: Three NATS servers with the shipped configuration, shared by a module's tests (tests that
+#: kill nodes start their own). Not the session's: other modules count the test process's
+#: children.
+nats_cluster = module_cluster(3)
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)

@@ -117,8 +117,11 @@ def chromium() -> str:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium: str) -> Iterator[Any]:
+    """Chromium for a module's journeys. Not the session's: Playwright's sync API keeps an
+    asyncio loop running in this thread while it is started, and a later module's
+    ``asyncio.run`` (or anyio test) in the same test process would find it there."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -1,5 +1,9 @@
 """POST /events against a real server: the spec's examples, the response contract, the
-status codes, gzip, limits, idempotency and the account checks."""
+status codes, gzip, limits, idempotency and the account checks.
+
+Tests that only send requests use the session's shared server, each under an account of its
+own; those that set limits, restart or kill a server start their own.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import RunningServer, conversion, view
+from tests.support import ADMIN_HEADERS, RunningServer, conversion, post, view
 
 
 def assert_contract(body: dict[str, Any], sent: list[Any]) -> None:
@@ -24,39 +28,47 @@ def assert_contract(body: dict[str, Any], sent: list[Any]) -> None:
 
 
 class TestSpecExamples:
-    def test_single_view_is_processed_and_stored(self, server: RunningServer) -> None:
+    def test_single_view_is_processed_and_stored(
+        self, shared_server: RunningServer, account: str
+    ) -> None:
         """The spec's product-page curl example is processed and lands in the store."""
-        answer = server.post([view(server.client_key)])
+        answer = shared_server.post([view(account)])
         assert answer.status_code == 200
         body = answer.json()
         assert body["failed"] == [] and body["errors"] == []
         [event] = body["processed"]
         assert event["product_id"] == "123-AA-X23" and event["price"] == 123.41
         assert event["id"] and event["received_at"].endswith("Z")
-        assert server.stored() == body["processed"]
+        assert shared_server.stored(account) == body["processed"]
 
-    def test_form_encoded_content_type_is_parsed_as_json(self, server: RunningServer) -> None:
+    def test_form_encoded_content_type_is_parsed_as_json(
+        self, shared_server: RunningServer, account: str
+    ) -> None:
         """curl -d sends application/x-www-form-urlencoded; the body is JSON all the same."""
-        key = server.client_key
+        key = account
         body = f'[{{"client_key": "{key}", "price": 60, "product_id": "p", "event": "conversion"}}]'
-        answer = server.post(body, headers={"content-type": "application/x-www-form-urlencoded"})
+        answer = shared_server.post(
+            body, headers={"content-type": "application/x-www-form-urlencoded"}
+        )
         assert answer.status_code == 200
         assert len(answer.json()["processed"]) == 1
 
-    def test_two_conversions_with_units(self, server: RunningServer) -> None:
+    def test_two_conversions_with_units(self, shared_server: RunningServer, account: str) -> None:
         """The payment-page example: two conversions, the second with units 3, price as float."""
-        key = server.client_key
-        answer = server.post([conversion(key, price=123.41, units=None), conversion(key)])
+        key = account
+        answer = shared_server.post([conversion(key, price=123.41, units=None), conversion(key)])
         processed = answer.json()["processed"]
         assert [e["units"] for e in processed] == [None, 3]
         assert processed[1]["price"] == 60.0 and isinstance(processed[1]["price"], float)
-        assert len(server.stored(key)) == 2
+        assert len(shared_server.stored(key)) == 2
 
 
 class TestResponseContract:
-    def test_mixed_batch_splits_into_processed_and_failed(self, server: RunningServer) -> None:
+    def test_mixed_batch_splits_into_processed_and_failed(
+        self, shared_server: RunningServer, account: str
+    ) -> None:
         """Good events are stored, broken ones are returned as sent with one error per problem."""
-        key = server.client_key
+        key = account
         sent = [
             view(key),
             {"event": "view", "price": "12", "client_key": key},
@@ -64,7 +76,7 @@ class TestResponseContract:
             5,
             conversion(key, units=0, channels=["a", "b"]),
         ]
-        body = server.post(sent).json()
+        body = shared_server.post(sent).json()
         assert_contract(body, sent)
         assert len(body["processed"]) == 2
         assert [(e["index"], e["field"], e["code"]) for e in body["errors"]] == [
@@ -76,38 +88,44 @@ class TestResponseContract:
             (4, "units", "out_of_range"),
         ]
         assert all(e["message"].endswith(".") for e in body["errors"])
-        assert len(server.stored()) == 2
+        assert len(shared_server.stored(key)) == 2
 
-    def test_failed_events_are_returned_byte_for_byte(self, server: RunningServer) -> None:
+    def test_failed_events_are_returned_byte_for_byte(self, shared_server: RunningServer) -> None:
         """A failed event comes back exactly as sent: key order, spacing inside values kept."""
         raw = b'[{"price": 1.50, "event":"view", "zz": [1, 2]}]'
-        body = server.post(raw).content
+        body = shared_server.post(raw).content
         assert b'"failed":[{"price": 1.50, "event":"view", "zz": [1, 2]}]' in body
 
-    def test_bare_object_is_a_batch_of_one(self, server: RunningServer) -> None:
+    def test_bare_object_is_a_batch_of_one(
+        self, shared_server: RunningServer, account: str
+    ) -> None:
         """A single event object (not in an array) is taken as a batch of one."""
-        body = server.post(view(server.client_key)).json()
+        body = shared_server.post(view(account)).json()
         assert len(body["processed"]) == 1
 
-    def test_empty_array_is_an_empty_batch(self, server: RunningServer) -> None:
+    def test_empty_array_is_an_empty_batch(self, shared_server: RunningServer) -> None:
         """[] answers 200 with three empty lists."""
-        answer = server.post(b"[]")
+        answer = shared_server.post(b"[]")
         assert answer.status_code == 200
         assert answer.json() == {"processed": [], "failed": [], "errors": []}
 
-    def test_processed_events_are_normalised(self, server: RunningServer) -> None:
+    def test_processed_events_are_normalised(
+        self, shared_server: RunningServer, account: str
+    ) -> None:
         """Stored events carry defaults: tags/channels [], vid null, price a float."""
-        key = server.client_key
+        key = account
         event = {"client_key": key, "event": "conversion", "price": 7, "product_id": "p"}
-        [stored] = server.post([event]).json()["processed"]
+        [stored] = shared_server.post([event]).json()["processed"]
         assert stored["tags"] == [] and stored["channels"] == [] and stored["vid"] is None
         assert stored["price"] == 7.0 and stored["permalink"] is None
 
-    def test_ids_are_unique_and_events_keep_request_order(self, server: RunningServer) -> None:
+    def test_ids_are_unique_and_events_keep_request_order(
+        self, shared_server: RunningServer, account: str
+    ) -> None:
         """Each processed event has its own id; processed keeps the request's order."""
-        key = server.client_key
+        key = account
         sent = [view(key, product_id=f"p{i}") for i in range(50)]
-        processed = server.post(sent).json()["processed"]
+        processed = shared_server.post(sent).json()["processed"]
         assert [e["product_id"] for e in processed] == [f"p{i}" for i in range(50)]
         assert len({e["id"] for e in processed}) == 50
 
@@ -128,10 +146,10 @@ class TestWholeRequestErrors:
         ],
     )
     def test_bad_bodies_are_400_in_the_contract_shape(
-        self, server: RunningServer, body: bytes, code: str
+        self, shared_server: RunningServer, body: bytes, code: str
     ) -> None:
         """A body that is not a JSON array or object is a 400 with an index-null error."""
-        answer = server.post(body)
+        answer = shared_server.post(body)
         assert answer.status_code == 400
         payload = answer.json()
         assert payload["processed"] == [] and payload["failed"] == []
@@ -175,26 +193,26 @@ class TestWholeRequestErrors:
         assert len(body) == 2000
         assert server.post(body).status_code == 200
 
-    def test_other_methods_are_405_with_allow(self, server: RunningServer) -> None:
+    def test_other_methods_are_405_with_allow(self, shared_server: RunningServer) -> None:
         """GET/PUT/DELETE on /events: 405, Allow: POST, in the contract's shape."""
         for method in ("GET", "PUT", "DELETE"):
-            answer = httpx.request(method, server.events_url)
+            answer = httpx.request(method, shared_server.events_url)
             assert answer.status_code == 405
             assert answer.headers["allow"] == "POST"
             assert answer.json()["errors"][0]["code"] == "method_not_allowed"
 
-    def test_unknown_path_is_404_in_the_contract_shape(self, server: RunningServer) -> None:
+    def test_unknown_path_is_404_in_the_contract_shape(self, shared_server: RunningServer) -> None:
         """Anything else is a 404 that still has the spec's three fields."""
-        answer = httpx.post(f"{server.url}/event")
+        answer = post(f"{shared_server.url}/event")
         assert answer.status_code == 404
         assert answer.json()["errors"][0]["code"] == "not_found"
 
 
 class TestGzip:
-    def test_gzip_body_is_accepted(self, server: RunningServer) -> None:
+    def test_gzip_body_is_accepted(self, shared_server: RunningServer, account: str) -> None:
         """Content-Encoding: gzip bodies are inflated and processed."""
-        body = gzip.compress(json.dumps([view(server.client_key)] * 3).encode())
-        answer = server.post(body, headers={"content-encoding": "gzip"})
+        body = gzip.compress(json.dumps([view(account)] * 3).encode())
+        answer = shared_server.post(body, headers={"content-encoding": "gzip"})
         assert answer.status_code == 200
         assert len(answer.json()["processed"]) == 3
 
@@ -209,59 +227,62 @@ class TestGzip:
         assert answer.status_code == 413
         assert answer.json()["errors"][0]["code"] == "body_too_large"
 
-    def test_broken_gzip_is_400(self, server: RunningServer) -> None:
+    def test_broken_gzip_is_400(self, shared_server: RunningServer) -> None:
         """Bytes that are not gzip, or a truncated stream, are a 400 invalid_gzip."""
         whole = gzip.compress(b"[]" * 1000)
         for body in (b"not gzip at all", whole[: len(whole) // 2]):
-            answer = server.post(body, headers={"content-encoding": "gzip"})
+            answer = shared_server.post(body, headers={"content-encoding": "gzip"})
             assert answer.status_code == 400
             assert answer.json()["errors"][0]["code"] == "invalid_gzip"
 
-    def test_other_encodings_are_415(self, server: RunningServer) -> None:
+    def test_other_encodings_are_415(self, shared_server: RunningServer) -> None:
         """deflate, br, or a chain of encodings: 415 unsupported_encoding."""
         for encoding in ("br", "deflate", "gzip, gzip"):
-            answer = server.post(zlib.compress(b"[]"), headers={"content-encoding": encoding})
+            answer = shared_server.post(
+                zlib.compress(b"[]"), headers={"content-encoding": encoding}
+            )
             assert answer.status_code == 415
             assert answer.json()["errors"][0]["code"] == "unsupported_encoding"
 
 
 class TestIdempotency:
     def test_retry_with_the_same_key_replays_and_stores_nothing(
-        self, server: RunningServer
+        self, shared_server: RunningServer, account: str
     ) -> None:
         """The same key and body: the first answer again, marked replayed; stored once."""
-        sent = [view(server.client_key), {"event": "view"}]
+        sent = [view(account), {"event": "view"}]
         headers = {"idempotency-key": "batch-0001"}
-        first = server.post(sent, headers=headers)
-        again = server.post(sent, headers=headers)
+        first = shared_server.post(sent, headers=headers)
+        again = shared_server.post(sent, headers=headers)
         assert again.status_code == 200
         assert again.content == first.content
         assert again.headers["idempotent-replayed"] == "true"
         assert "idempotent-replayed" not in first.headers
-        assert len(server.stored()) == 1
+        assert len(shared_server.stored(account)) == 1
 
-    def test_same_key_with_another_body_is_422(self, server: RunningServer) -> None:
+    def test_same_key_with_another_body_is_422(
+        self, shared_server: RunningServer, account: str
+    ) -> None:
         """Reusing a key for a different request is refused, and nothing is stored."""
-        key = server.client_key
-        server.post([view(key)], headers={"idempotency-key": "k-1"})
-        answer = server.post([view(key, price=1)], headers={"idempotency-key": "k-1"})
+        key = account
+        shared_server.post([view(key)], headers={"idempotency-key": "k-1"})
+        answer = shared_server.post([view(key, price=1)], headers={"idempotency-key": "k-1"})
         assert answer.status_code == 422
         assert answer.json()["errors"][0]["code"] == "idempotency_key_reused"
-        assert len(server.stored()) == 1
+        assert len(shared_server.stored(key)) == 1
 
-    def test_keys_are_per_account(self, server: RunningServer) -> None:
+    def test_keys_are_per_account(self, shared_server: RunningServer, account: str) -> None:
         """Two accounts may use the same key without colliding."""
-        other = server.add_account("other")
-        server.restart()
+        other = shared_server.create_account("other")
         headers = {"idempotency-key": "shared"}
-        server.post([view(server.client_key)], headers=headers)
-        answer = server.post([view(other)], headers=headers)
+        shared_server.post([view(account)], headers=headers)
+        answer = shared_server.post([view(other)], headers=headers)
         assert "idempotent-replayed" not in answer.headers
-        assert len(server.stored()) == 2
+        assert len(shared_server.stored(account)) + len(shared_server.stored(other)) == 2
 
-    def test_invalid_key_is_400(self, server: RunningServer) -> None:
+    def test_invalid_key_is_400(self, shared_server: RunningServer, account: str) -> None:
         """An over-long key is refused with 400 invalid_idempotency_key."""
-        answer = server.post([view(server.client_key)], headers={"idempotency-key": "x" * 300})
+        answer = shared_server.post([view(account)], headers={"idempotency-key": "x" * 300})
         assert answer.status_code == 400
         assert answer.json()["errors"][0]["code"] == "invalid_idempotency_key"
 
@@ -277,61 +298,53 @@ class TestIdempotency:
 
 
 class TestAccounts:
-    def test_unknown_key_fails_the_event(self, server: RunningServer) -> None:
+    def test_unknown_key_fails_the_event(self, shared_server: RunningServer) -> None:
         """An event with a key no account has fails with unknown_client_key."""
-        body = server.post([view("qlk_nobody")]).json()
+        body = shared_server.post([view("qlk_nobody")]).json()
         assert [e["code"] for e in body["errors"]] == ["unknown_client_key"]
         assert body["errors"][0]["field"] == "client_key"
 
     def test_disabled_account_fails_with_its_own_code(
-        self, serve: Callable[..., RunningServer], tmp_path: Any
+        self, shared_server: RunningServer, account: str
     ) -> None:
         """A disabled account's events fail with disabled_client_key."""
-        from qlevents.accounts import AccountBook
-
-        data = tmp_path / "d"
-        book = AccountBook(data)
-        key = book.add("shop").client_key
-        book.set_status(key, "disabled")
-        book.close()
-        server = serve(data_dir=data)
-        assert [e["code"] for e in server.post([view(key)]).json()["errors"]] == [
+        url = f"{shared_server.url}/admin/accounts/{account}/disable"
+        assert post(url, headers=ADMIN_HEADERS).status_code == 200
+        assert [e["code"] for e in shared_server.post([view(account)]).json()["errors"]] == [
             "disabled_client_key"
         ]
 
     def test_wrong_endpoint_names_the_right_one(
-        self, serve: Callable[..., RunningServer], tmp_path: Any
+        self, shared_server: RunningServer, account: str
     ) -> None:
         """A key homed elsewhere fails with wrong_endpoint and the URL to re-send to."""
-        from qlevents.accounts import AccountBook
-
-        data = tmp_path / "d"
-        book = AccountBook(data)
-        key = book.add("moved", endpoint="https://evt-eu.example.com/events").client_key
-        book.close()
-        server = serve(data_dir=data)
-        [error] = server.post([view(key)]).json()["errors"]
+        home = "https://evt-eu.example.com/events"
+        url = f"{shared_server.url}/admin/accounts/{account}/move"
+        assert post(url, json={"endpoint": home}, headers=ADMIN_HEADERS).status_code == 200
+        [error] = shared_server.post([view(account)]).json()["errors"]
         assert error["code"] == "wrong_endpoint"
         assert error["endpoint"] == "https://evt-eu.example.com/events"
         assert "https://evt-eu.example.com/events" in error["message"]
-        assert server.stored() == []
+        assert shared_server.stored(account) == []
 
-    def test_account_error_is_reported_beside_field_errors(self, server: RunningServer) -> None:
+    def test_account_error_is_reported_beside_field_errors(
+        self, shared_server: RunningServer
+    ) -> None:
         """An event with an unknown key and a bad price reports both problems."""
-        body = server.post([view("qlk_nobody", price=-1)]).json()
+        body = shared_server.post([view("qlk_nobody", price=-1)]).json()
         assert [e["code"] for e in body["errors"]] == ["out_of_range", "unknown_client_key"]
 
-    def test_new_account_is_seen_without_restart(self, server: RunningServer) -> None:
+    def test_new_account_is_seen_without_restart(self, shared_server: RunningServer) -> None:
         """An account added from the CLI while the server runs is accepted within seconds."""
         import time
 
-        key = server.add_account("late")
+        key = shared_server.add_account("late")
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if server.post([view(key)]).json()["processed"]:
+            if shared_server.post([view(key)]).json()["processed"]:
                 break
             time.sleep(0.2)
-        assert len(server.stored(key)) == 1
+        assert len(shared_server.stored(key)) == 1
 
 
 class TestDurability:

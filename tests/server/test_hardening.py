@@ -1,5 +1,9 @@
 """Protection against slow, greedy and hostile clients: request deadlines (slowloris),
-in-flight limits, per-account rate limits, the admin listener, CORS and log hygiene."""
+in-flight limits, per-account rate limits, the admin listener, CORS and log hygiene.
+
+Tests that need other options, a restart or the whole log start their own server; the
+others use the session's shared server, each under an account of its own.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from contextlib import contextmanager
 
 import httpx
 
-from tests.support import ADMIN_TOKEN, RunningServer, free_port, metric, view
+from tests.support import ADMIN_TOKEN, RunningServer, free_port, metric, post, view
 
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -70,22 +74,22 @@ class TestRequestDeadlines:
         assert "timed out waiting for the body" in server.log()
 
     def test_normal_clients_are_served_beside_slow_ones(
-        self, serve: Callable[..., RunningServer]
+        self, shared_server: RunningServer, account: str
     ) -> None:
         """While 100 connections trickle headers, ordinary requests are answered."""
-        server = serve()
+        server = shared_server
         slow = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(100)]
         try:
             for sock in slow:
                 sock.sendall(b"POST /events HTTP/1.1\r\nHost: x\r\n")
             with httpx.Client() as client:
                 for _ in range(20):
-                    answer = client.post(server.events_url, json=[view(server.client_key)])
+                    answer = client.post(server.events_url, json=[view(account)])
                     assert answer.status_code == 200
         finally:
             for sock in slow:
                 sock.close()
-        assert len(server.stored()) == 20
+        assert len(server.stored(account)) == 20
 
 
 class TestInflightLimit:
@@ -205,10 +209,12 @@ class TestRateLimits:
         for _ in range(5):
             assert server.post([view(server.client_key)] * 50).status_code == 200
 
-    def test_admin_api_sets_a_limit_that_applies_at_once(self, server: RunningServer) -> None:
+    def test_admin_api_sets_a_limit_that_applies_at_once(
+        self, shared_server: RunningServer, account: str
+    ) -> None:
         """POST /admin/accounts/KEY/limit takes effect on the next request."""
-        key = server.client_key
-        answer = httpx.post(
+        server, key = shared_server, account
+        answer = post(
             f"{server.url}/admin/accounts/{key}/limit", json={"rate": 1, "burst": 1}, headers=AUTH
         )
         assert answer.json()["rate_limit"] == 1
@@ -229,13 +235,15 @@ class TestAdminListener:
 
 
 class TestNoCors:
-    def test_no_cors_headers_on_any_answer(self, server: RunningServer) -> None:
+    def test_no_cors_headers_on_any_answer(
+        self, shared_server: RunningServer, account: str
+    ) -> None:
         """The ingest endpoint is server-to-server: no Access-Control-* headers, no preflight."""
         origin = {"origin": "https://evil.example", "access-control-request-method": "POST"}
-        preflight = httpx.options(server.events_url, headers=origin)
+        preflight = httpx.options(shared_server.events_url, headers=origin)
         assert preflight.status_code == 405
-        post = server.post([view(server.client_key)], headers={"origin": "https://evil.example"})
-        for answer in (preflight, post):
+        sent = shared_server.post([view(account)], headers={"origin": "https://evil.example"})
+        for answer in (preflight, sent):
             assert not [h for h in answer.headers if h.lower().startswith("access-control-")]
 
 
@@ -254,15 +262,17 @@ class TestLogHygiene:
 
 
 class TestResponseWrites:
-    def test_head_request_gets_its_head(self, server: RunningServer) -> None:
+    def test_head_request_gets_its_head(self, shared_server: RunningServer) -> None:
         """A HEAD answer (a head with no body write) is still sent."""
-        answer = httpx.head(f"{server.url}/healthz")
+        answer = httpx.head(f"{shared_server.url}/healthz")
         assert answer.status_code == 200 and answer.content == b""
 
-    def test_expect_100_continue_is_answered_before_the_body(self, server: RunningServer) -> None:
+    def test_expect_100_continue_is_answered_before_the_body(
+        self, shared_server: RunningServer, account: str
+    ) -> None:
         """'100 Continue' goes out at once, not held back with the response's head."""
-        body = json.dumps([view(server.client_key)]).encode()
-        with raw_connection(server) as sock:
+        body = json.dumps([view(account)]).encode()
+        with raw_connection(shared_server) as sock:
             sock.sendall(
                 b"POST /events HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
@@ -273,9 +283,11 @@ class TestResponseWrites:
         assert answer.startswith(b"HTTP/1.1 200 OK")
         assert b'"processed":[{' in answer
 
-    def test_connection_close_still_gets_the_whole_answer(self, server: RunningServer) -> None:
+    def test_connection_close_still_gets_the_whole_answer(
+        self, shared_server: RunningServer
+    ) -> None:
         """With Connection: close the head and body are sent before the connection closes."""
-        with raw_connection(server) as sock:
+        with raw_connection(shared_server) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             answer = read_until_closed(sock)
         assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b'{"status":"ok"}')

@@ -2,7 +2,8 @@
 status codes, gzip, limits, idempotency and the account checks.
 
 Tests that only send requests use the session's shared server, each under an account of its
-own; those that set limits, restart or kill a server start their own.
+own; those of the limits share a server with small ones; those that restart or kill a server
+start their own.
 """
 
 from __future__ import annotations
@@ -10,13 +11,35 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support import ADMIN_HEADERS, RunningServer, conversion, post, view
+from tests.support import (
+    ADMIN_HEADERS,
+    ADMIN_TOKEN,
+    RunningServer,
+    conversion,
+    post,
+    running_server,
+    view,
+)
+
+#: The body limit of ``limited_server``: a gzip bomb of 50 MB of spaces compresses below it.
+BODY_LIMIT = 100_000
+
+
+@pytest.fixture(scope="module")
+def limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server with small limits (10 events, ``BODY_LIMIT`` bytes) for the module's tests
+    of limits, each under an account of its own."""
+    with running_server(
+        tmp_path_factory.mktemp("limited"),
+        "--max-events", "10", "--max-body-bytes", str(BODY_LIMIT), "--admin-token", ADMIN_TOKEN,
+    ) as server:  # fmt: skip
+        yield server
 
 
 def assert_contract(body: dict[str, Any], sent: list[Any]) -> None:
@@ -156,41 +179,42 @@ class TestWholeRequestErrors:
         [error] = payload["errors"]
         assert error["index"] is None and error["code"] == code
 
-    def test_too_many_events_is_413_naming_the_limit(
-        self, serve: Callable[..., RunningServer]
-    ) -> None:
+    def test_too_many_events_is_413_naming_the_limit(self, limited_server: RunningServer) -> None:
         """Over the event limit: 413, the message names the limit and what was sent."""
-        server = serve("--max-events", "10")
-        answer = server.post([view(server.client_key)] * 11)
+        server = limited_server
+        key = server.create_account("too-many-events")
+        answer = server.post([view(key)] * 11)
         assert answer.status_code == 413
         [error] = answer.json()["errors"]
         assert error["code"] == "too_many_events"
         assert "11 events" in error["message"] and "limit is 10" in error["message"]
-        assert server.stored() == []
+        assert server.stored(key) == []
 
-    def test_body_over_the_limit_is_413(self, serve: Callable[..., RunningServer]) -> None:
+    def test_body_over_the_limit_is_413(self, limited_server: RunningServer) -> None:
         """A body over the size limit is refused with 413, by Content-Length or streamed."""
-        server = serve("--max-body-bytes", "1000")
-        big = json.dumps([view(server.client_key)] * 10).encode()
+        server = limited_server
+        key = server.create_account("body-over-the-limit")
+        big = json.dumps([view(key)] * 500).encode()
+        assert len(big) > BODY_LIMIT
         answer = server.post(big)
         assert answer.status_code == 413
         assert answer.json()["errors"][0]["code"] == "body_too_large"
-        assert "limit is 1000 bytes" in answer.json()["errors"][0]["message"]
+        assert f"limit is {BODY_LIMIT} bytes" in answer.json()["errors"][0]["message"]
 
         def chunks() -> Iterator[bytes]:
-            for i in range(0, len(big), 100):
-                yield big[i : i + 100]
+            for i in range(0, len(big), 1000):
+                yield big[i : i + 1000]
 
-        streamed = httpx.post(server.events_url, content=chunks())
+        streamed = post(server.events_url, content=chunks())
         assert streamed.status_code == 413
-        assert server.stored() == []
+        assert server.stored(key) == []
 
-    def test_body_exactly_at_the_limit_is_taken(self, serve: Callable[..., RunningServer]) -> None:
+    def test_body_exactly_at_the_limit_is_taken(self, limited_server: RunningServer) -> None:
         """The limit is inclusive: a body of exactly max bytes is processed."""
-        server = serve("--max-body-bytes", "2000")
-        body = json.dumps([view(server.client_key)]).encode()
-        body = body[:-1] + b" " * (2000 - len(body)) + b"]"
-        assert len(body) == 2000
+        server = limited_server
+        body = json.dumps([view(server.create_account("body-at-the-limit"))]).encode()
+        body = body[:-1] + b" " * (BODY_LIMIT - len(body)) + b"]"
+        assert len(body) == BODY_LIMIT
         assert server.post(body).status_code == 200
 
     def test_other_methods_are_405_with_allow(self, shared_server: RunningServer) -> None:
@@ -216,14 +240,11 @@ class TestGzip:
         assert answer.status_code == 200
         assert len(answer.json()["processed"]) == 3
 
-    def test_gzip_bomb_is_refused_without_inflating_it(
-        self, serve: Callable[..., RunningServer]
-    ) -> None:
+    def test_gzip_bomb_is_refused_without_inflating_it(self, limited_server: RunningServer) -> None:
         """A small gzip body that inflates past the limit is a 413."""
-        server = serve("--max-body-bytes", "100000")
         bomb = gzip.compress(b"[" + b" " * 50_000_000 + b"]")
-        assert len(bomb) < 100_000
-        answer = server.post(bomb, headers={"content-encoding": "gzip"})
+        assert len(bomb) < BODY_LIMIT
+        answer = limited_server.post(bomb, headers={"content-encoding": "gzip"})
         assert answer.status_code == 413
         assert answer.json()["errors"][0]["code"] == "body_too_large"
 

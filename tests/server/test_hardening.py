@@ -1,8 +1,10 @@
 """Protection against slow, greedy and hostile clients: request deadlines (slowloris),
 in-flight limits, per-account rate limits, the admin listener, CORS and log hygiene.
 
-Tests that need other options, a restart or the whole log start their own server; the
-others use the session's shared server, each under an account of its own.
+Tests that only send requests use the session's shared server, each under an account of its
+own; the deadline tests share a server with short deadlines, the rate-limit tests one with a
+small default quota; those that need a restart, the whole log or options of their own start
+their own.
 """
 
 from __future__ import annotations
@@ -14,10 +16,42 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
+import pytest
 
-from tests.support import ADMIN_TOKEN, RunningServer, free_port, metric, post, view
+from tests.support import (
+    ADMIN_TOKEN,
+    RunningServer,
+    free_port,
+    get,
+    metric,
+    post,
+    running_server,
+    view,
+)
 
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def deadline_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server that gives headers and bodies 1 s each, for the module's deadline tests."""
+    with running_server(
+        tmp_path_factory.mktemp("deadlines"),
+        "--header-timeout", "1", "--body-timeout", "1", "--admin-token", ADMIN_TOKEN,
+    ) as server:  # fmt: skip
+        yield server
+
+
+@pytest.fixture(scope="module")
+def rate_limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server whose accounts may send a burst of 10 events and then ~none (0.01/s: no
+    refill while a test runs), for the module's rate-limit tests, each on accounts of its
+    own (a bucket is an account's)."""
+    with running_server(
+        tmp_path_factory.mktemp("rate-limited"),
+        "--rate-limit", "0.01", "--rate-burst", "10", "--admin-token", ADMIN_TOKEN,
+    ) as server:  # fmt: skip
+        yield server
 
 
 @contextmanager
@@ -38,10 +72,9 @@ def read_until_closed(sock: socket.socket) -> bytes:
 
 
 class TestRequestDeadlines:
-    def test_slow_headers_are_cut_off_with_408(self, serve: Callable[..., RunningServer]) -> None:
+    def test_slow_headers_are_cut_off_with_408(self, deadline_server: RunningServer) -> None:
         """A client that never finishes its headers gets a 408 and a closed connection."""
-        server = serve("--header-timeout", "1")
-        with raw_connection(server) as sock:
+        with raw_connection(deadline_server) as sock:
             sock.sendall(b"POST /events HTTP/1.1\r\nHost: x\r\nX-Slow: ")
             answer = read_until_closed(sock)
         assert answer.startswith(b"HTTP/1.1 408 ")
@@ -49,18 +82,17 @@ class TestRequestDeadlines:
         assert body["errors"][0]["code"] == "request_timeout"
         assert "headers" in body["errors"][0]["message"]
 
-    def test_silent_connection_is_closed(self, serve: Callable[..., RunningServer]) -> None:
+    def test_silent_connection_is_closed(self, deadline_server: RunningServer) -> None:
         """A connection that sends nothing at all is closed after the header timeout."""
-        server = serve("--header-timeout", "1")
-        with raw_connection(server) as sock:
+        with raw_connection(deadline_server) as sock:
             assert read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
 
-    def test_slow_body_is_cut_off_and_nothing_stored(
-        self, serve: Callable[..., RunningServer]
-    ) -> None:
+    def test_slow_body_is_cut_off_and_nothing_stored(self, deadline_server: RunningServer) -> None:
         """A body that stops arriving is cut off after the body timeout; nothing is stored."""
-        server = serve("--body-timeout", "1")
-        body = json.dumps([view(server.client_key)]).encode()
+        server = deadline_server
+        key = server.create_account("slow-body")
+        mark = server.log_mark()
+        body = json.dumps([view(key)]).encode()
         with raw_connection(server) as sock:
             sock.sendall(
                 b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: "
@@ -70,8 +102,8 @@ class TestRequestDeadlines:
             )
             answer = read_until_closed(sock)
         assert answer.startswith(b"HTTP/1.1 408 ")
-        assert server.stored() == []
-        assert "timed out waiting for the body" in server.log()
+        assert server.stored(key) == []
+        assert server.wait_for_log("timed out waiting for the body", since=mark)
 
     def test_normal_clients_are_served_beside_slow_ones(
         self, shared_server: RunningServer, account: str
@@ -124,13 +156,12 @@ class TestInflightLimit:
 
 class TestRateLimits:
     def test_over_quota_key_gets_429_while_others_succeed(
-        self, serve: Callable[..., RunningServer]
+        self, rate_limited_server: RunningServer
     ) -> None:
         """One key over its quota gets 429 + Retry-After; another key keeps 100% success."""
-        server = serve("--rate-limit", "5", "--rate-burst", "10")
-        greedy = server.client_key
-        polite = server.add_account("polite")
-        server.restart()
+        server = rate_limited_server
+        greedy = server.create_account("greedy")
+        polite = server.create_account("polite")
         statuses = [server.post([view(greedy)] * 4).status_code for _ in range(5)]
         assert statuses[:2] == [200, 200] and 429 in statuses
         refused = server.post([view(greedy)] * 4)
@@ -140,11 +171,11 @@ class TestRateLimits:
         assert server.post([view(polite)] * 4).status_code == 200
         assert len(server.stored(greedy)) == 4 * statuses.count(200)
 
-    def test_replayed_retries_cost_no_tokens(self, serve: Callable[..., RunningServer]) -> None:
+    def test_replayed_retries_cost_no_tokens(self, rate_limited_server: RunningServer) -> None:
         """A retry answered from the idempotency record stores nothing, so it spends nothing
         of the account's quota."""
-        server = serve("--rate-limit", "0.01", "--rate-burst", "10")  # ~no refill meanwhile
-        key = server.client_key
+        server = rate_limited_server
+        key = server.create_account("replayed-retries")
         first = server.post([view(key)] * 4, headers={"Idempotency-Key": "order-1"})
         assert first.status_code == 200
         retry = server.post([view(key)] * 4, headers={"Idempotency-Key": "order-1"})
@@ -156,13 +187,13 @@ class TestRateLimits:
         assert len(server.stored(key)) == 9
 
     def test_a_retry_is_answered_even_with_an_empty_bucket(
-        self, serve: Callable[..., RunningServer]
+        self, rate_limited_server: RunningServer
     ) -> None:
         """The quota is spent: a new request gets 429, but a retry of a stored one gets its
         first answer (and a different body under the same key its 422)."""
-        server = serve("--rate-limit", "0.01", "--rate-burst", "4")
-        key = server.client_key
-        batch = [view(key)] * 4
+        server = rate_limited_server
+        key = server.create_account("empty-bucket")
+        batch = [view(key)] * 10  # the whole burst
         first = server.post(batch, headers={"Idempotency-Key": "order-3"})
         assert first.status_code == 200
         assert server.post([view(key)], headers={"Idempotency-Key": "order-4"}).status_code == 429
@@ -173,15 +204,16 @@ class TestRateLimits:
         other = server.post([view(key)] * 3, headers={"Idempotency-Key": "order-3"})
         assert other.status_code == 422
         assert other.json()["errors"][0]["code"] == "idempotency_key_reused"
-        assert len(server.stored(key)) == 4
+        assert len(server.stored(key)) == 10
 
     def test_refused_and_replayed_requests_count_no_failed_events(
-        self, serve: Callable[..., RunningServer]
+        self, rate_limited_server: RunningServer
     ) -> None:
         """qlevents_events_failed_total counts the events of answered requests once: not
         again for a replayed retry, not for a request refused with 429."""
-        server = serve("--rate-limit", "0.01", "--rate-burst", "10")
-        key = server.client_key
+        server = rate_limited_server
+        key = server.create_account("failed-events-counted-once")
+        before = get(f"{server.url}/metrics").text
         broken = view(key, price="12")
         batch = [broken, view(key), view(key)]
         for _ in range(2):
@@ -189,9 +221,14 @@ class TestRateLimits:
             assert answer.status_code == 200
             assert answer.json()["errors"][0]["code"] == "invalid_type"
         assert server.post([broken, *[view(key)] * 9]).status_code == 429
-        text = httpx.get(f"{server.url}/metrics").text
-        assert metric(text, "qlevents_events_failed_total", 'code="invalid_type"') == 1
-        assert metric(text, "qlevents_events_processed_total") == 2
+        after = get(f"{server.url}/metrics").text
+
+        def counted(name: str, labels: str = "") -> float:
+            """What ``name`` counted during this test (the module's tests run one by one)."""
+            return metric(after, name, labels) - metric(before, name, labels, default=0)
+
+        assert counted("qlevents_events_failed_total", 'code="invalid_type"') == 1
+        assert counted("qlevents_events_processed_total") == 2
 
     def test_per_account_limit_overrides_the_default(
         self, serve: Callable[..., RunningServer], tmp_path: object

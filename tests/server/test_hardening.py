@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -231,20 +232,23 @@ class TestRateLimits:
         assert counted("qlevents_events_processed_total") == 2
 
     def test_per_account_limit_overrides_the_default(
-        self, serve: Callable[..., RunningServer], tmp_path: object
+        self, serve: Callable[..., RunningServer], tmp_path: Path
     ) -> None:
         """accounts limit KEY --rate sets one account's quota; others stay unlimited."""
+        from qlevents.accounts import AccountBook
         from qlevents.cli import main
 
-        server = serve()
-        limited = server.add_account("limited")
+        data = tmp_path / "data"
+        book = AccountBook(data)
+        limited, unlimited = (book.add(name).client_key for name in ("limited", "unlimited"))
+        book.close()
         assert main(["accounts", "limit", limited, "--rate", "1", "--burst", "2",
-                     "--data-dir", str(server.data_dir)]) == 0  # fmt: skip
-        server.restart()
+                     "--data-dir", str(data)]) == 0  # fmt: skip
+        server = serve(data_dir=data)  # started once, on the book the command changed
         assert server.post([view(limited)] * 2).status_code == 200
         assert server.post([view(limited)]).status_code == 429
         for _ in range(5):
-            assert server.post([view(server.client_key)] * 50).status_code == 200
+            assert server.post([view(unlimited)] * 50).status_code == 200
 
     def test_admin_api_sets_a_limit_that_applies_at_once(
         self, shared_server: RunningServer, account: str

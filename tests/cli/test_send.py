@@ -21,21 +21,28 @@ def write_ndjson(path: Path, events: list[object]) -> Path:
 
 class TestSendCommand:
     def test_ndjson_backfill_is_stored_in_batches(
-        self, server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+        self,
+        shared_server: RunningServer,
+        account: str,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
     ) -> None:
         """2,500 events in batches of 1,000: all stored, a summary printed, exit 0."""
-        key = server.client_key
+        key = account
         events = [view(key, product_id=f"p{i}") for i in range(2500)]
         path = write_ndjson(tmp_path / "events.ndjson", events)
-        code = main(["send", str(path), "--endpoint", server.events_url, "--batch-size", "1000"])
+        code = main(
+            ["send", str(path), "--endpoint", shared_server.events_url, "--batch-size", "1000"]
+        )
         out = capsys.readouterr().out
         assert code == 0
         assert "2500 processed, 0 failed (3 requests)." in out
-        assert len(server.stored()) == 2500
+        assert len(shared_server.stored(account)) == 2500
 
     def test_json_array_from_stdin_with_a_default_key(
         self,
-        server: RunningServer,
+        shared_server: RunningServer,
+        account: str,
         monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
@@ -44,35 +51,42 @@ class TestSendCommand:
         for event in events:
             del event["client_key"]
         monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(json.dumps(events).encode())))
-        code = main(
-            ["send", "-", "--endpoint", server.events_url, "--client-key", server.client_key]
-        )
+        code = main(["send", "-", "--endpoint", shared_server.events_url, "--client-key", account])
         assert code == 0, capsys.readouterr().err
-        assert product_ids(server.stored(server.client_key)) == ["c1", "c2"]
+        assert product_ids(shared_server.stored(account)) == ["c1", "c2"]
 
     def test_failures_are_summarised_with_reasons(
-        self, server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+        self,
+        shared_server: RunningServer,
+        account: str,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
     ) -> None:
         """Broken events (caught locally) and refused ones (by the server) are counted by code."""
-        key = server.client_key
+        key = account
         events = [view(key), view(key, price=-1), view("qlk_unknown"), "not an event"]
         path = write_ndjson(tmp_path / "events.ndjson", events)
-        code = main(["send", str(path), "--endpoint", server.events_url])
+        code = main(["send", str(path), "--endpoint", shared_server.events_url])
         out = capsys.readouterr().out
         assert code == 1
         assert "1 processed, 3 failed (1 request)." in out
         assert "out_of_range" in out and "unknown_client_key" in out and "not_an_object" in out
-        assert len(server.stored()) == 1
+        assert len(shared_server.stored(account)) == 1
+        assert shared_server.stored("qlk_unknown") == []
 
     def test_a_bad_event_is_reported_by_its_line(
-        self, server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+        self,
+        shared_server: RunningServer,
+        account: str,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
     ) -> None:
         """NDJSON: each failure by its line number, blank lines counted, refused ones too."""
-        key = server.client_key
+        key = account
         path = tmp_path / "events.ndjson"
         lines = [view(key), view(key, price=-1), None, view("qlk_unknown"), view(key, price=-2)]
         path.write_text("".join("\n" if e is None else json.dumps(e) + "\n" for e in lines))
-        code = main(["send", str(path), "--endpoint", server.events_url])
+        code = main(["send", str(path), "--endpoint", shared_server.events_url])
         out = capsys.readouterr().out.splitlines()
         assert code == 1
         assert out[0] == "1 processed, 3 failed (1 request)."
@@ -81,13 +95,17 @@ class TestSendCommand:
         assert out[2].split()[:4] == ["1", "unknown_client_key:", "line", "4:"]
 
     def test_a_bad_event_of_an_array_is_reported_by_index_and_line(
-        self, server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+        self,
+        shared_server: RunningServer,
+        account: str,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
     ) -> None:
         """A JSON array: the element's index and the line it starts on."""
         path = tmp_path / "events.json"
-        good, bad = json.dumps(view(server.client_key)), json.dumps(view("k", price=-1))
+        good, bad = json.dumps(view(account)), json.dumps(view("k", price=-1))
         path.write_text(f"[\n  {good},\n\n  {good}, {bad},\n  [1,\n2],\n  {good}\n]\n")
-        code = main(["send", str(path), "--endpoint", server.events_url])
+        code = main(["send", str(path), "--endpoint", shared_server.events_url])
         out = capsys.readouterr().out
         assert code == 1
         assert out.startswith("3 processed, 2 failed (1 request).\n")
@@ -107,14 +125,18 @@ class TestSendCommand:
         )
 
     def test_running_the_same_backfill_twice_stores_it_once(
-        self, server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+        self,
+        shared_server: RunningServer,
+        account: str,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
     ) -> None:
         """Batch keys derive from their bodies: a re-run within 24 h is a replay."""
-        events = [view(server.client_key, product_id=f"p{i}") for i in range(10)]
+        events = [view(account, product_id=f"p{i}") for i in range(10)]
         path = write_ndjson(tmp_path / "events.ndjson", events)
-        assert main(["send", str(path), "--endpoint", server.events_url]) == 0
-        assert main(["send", str(path), "--endpoint", server.events_url]) == 0
-        assert len(server.stored()) == 10
+        assert main(["send", str(path), "--endpoint", shared_server.events_url]) == 0
+        assert main(["send", str(path), "--endpoint", shared_server.events_url]) == 0
+        assert len(shared_server.stored(account)) == 10
 
     def test_unreachable_server_is_an_error_not_a_traceback(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -141,9 +141,9 @@ def make_client(flavour: str) -> Iterator[Callable[..., Any]]:
 
 
 @pytest.fixture
-def proxy(server: RunningServer) -> Iterator[FaultProxy]:
-    """A fault proxy in front of ``server``."""
-    with FaultProxy(server.events_url) as running:
+def shared_proxy(shared_server: RunningServer) -> Iterator[FaultProxy]:
+    """A fault proxy of this test's own in front of ``shared_server`` (no server start)."""
+    with FaultProxy(shared_server.events_url) as running:
         yield running
 
 

@@ -24,11 +24,13 @@ PERMALINK = "https://s.example/"
 
 class TestAsyncClient:
     # Retries and closing are asserted for both clients (test_worker.py, test_client.py).
-    def test_views_and_conversions_are_stored(self, server: RunningServer) -> None:
+    def test_views_and_conversions_are_stored(
+        self, shared_server: RunningServer, account: str
+    ) -> None:
         """view()/conversion() from a coroutine, then await flush(): all stored once."""
 
         async def main() -> dict[str, int]:
-            async with AsyncClient(server.client_key, server.events_url, **FAST) as client:
+            async with AsyncClient(account, shared_server.events_url, **FAST) as client:
                 for i in range(300):
                     client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
                 client.conversion(product_id="c", unit_price=10.1, units=3)
@@ -36,22 +38,25 @@ class TestAsyncClient:
                 return client.stats()
 
         stats = asyncio.run(main())
-        stored = server.stored()
+        stored = shared_server.stored(account)
         assert product_ids(stored) == sorted([f"p{i}" for i in range(300)] + ["c"])
         assert next(e for e in stored if e["product_id"] == "c")["price"] == 30.3
         assert stats["stored"] == 301 and stats["pending"] == 0
 
-    def test_send_returns_the_servers_answer(self, server: RunningServer) -> None:
+    def test_send_returns_the_servers_answer(
+        self, shared_server: RunningServer, account: str
+    ) -> None:
         """await send() posts at once and returns processed / failed / errors."""
 
         async def main() -> None:
-            async with AsyncClient(server.client_key, server.events_url, **FAST) as client:
-                result = await client.send([view(server.client_key), conversion("qlk_x")])
+            async with AsyncClient(account, shared_server.events_url, **FAST) as client:
+                result = await client.send([view(account), conversion("qlk_x")])
                 assert len(result.processed) == 1
                 assert [e.code for e in result.errors] == ["unknown_client_key"]
 
         asyncio.run(main())
-        assert len(server.stored()) == 1
+        assert len(shared_server.stored(account)) == 1
+        assert shared_server.stored("qlk_x") == []
 
     def test_outside_an_event_loop_is_a_clear_error(self) -> None:
         """Queuing with no running loop says to use Client instead."""
@@ -79,24 +84,26 @@ class HangsFirst(AsyncRecordingTransport):
 
 class TestLoops:
     @pytest.mark.filterwarnings("ignore::ResourceWarning")  # loop 1's sockets, left to the GC
-    def test_a_client_outlives_its_event_loop(self, server: RunningServer) -> None:
+    def test_a_client_outlives_its_event_loop(
+        self, shared_server: RunningServer, account: str
+    ) -> None:
         """Made outside any loop, used in two asyncio.run() in turn: it sends from each."""
-        client = AsyncClient(server.client_key, server.events_url, **FAST)
+        client = AsyncClient(account, shared_server.events_url, **FAST)
 
         async def first() -> None:
-            assert (await client.send([view(server.client_key, product_id="a")])).ok
+            assert (await client.send([view(account, product_id="a")])).ok
             client.view(product_id="b", price=1, permalink=PERMALINK)
 
         async def second() -> None:
             client.view(product_id="c", price=1, permalink=PERMALINK)
             assert await client.flush(20)
-            assert (await client.send([view(server.client_key, product_id="d")])).ok
+            assert (await client.send([view(account, product_id="d")])).ok
             await client.close()
 
         asyncio.run(first())
         asyncio.run(second())
         gc.collect()
-        assert product_ids(server.stored()) == ["a", "b", "c", "d"]
+        assert product_ids(shared_server.stored(account)) == ["a", "b", "c", "d"]
 
     def test_a_batch_in_flight_when_the_loop_ends_goes_back_with_its_key(self) -> None:
         """asyncio.run() returns mid-request: the exit hook sends the batch again, same key."""
@@ -162,12 +169,12 @@ class TestLoops:
         assert [e["product_id"] for e in transport.events] == ["p"]
 
     def test_unclosed_client_still_delivers_while_the_loop_lives(
-        self, server: RunningServer
+        self, shared_server: RunningServer, account: str
     ) -> None:
         """A client garbage-collected without close(): its task drains the queue, then ends."""
 
         async def main() -> None:
-            client = AsyncClient(server.client_key, server.events_url, flush_interval=0.05)
+            client = AsyncClient(account, shared_server.events_url, flush_interval=0.05)
             for i in range(5):
                 client.view(product_id=f"p{i}", price=1, permalink=PERMALINK)
             sender = client._sender
@@ -177,7 +184,7 @@ class TestLoops:
             await asyncio.wait_for(sender.task, 30)
 
         asyncio.run(main())
-        assert product_ids(server.stored()) == [f"p{i}" for i in range(5)]
+        assert product_ids(shared_server.stored(account)) == [f"p{i}" for i in range(5)]
 
     def test_a_spool_left_behind_is_sent_once_a_loop_runs(self, tmp_path: Path) -> None:
         """Made at import time (no loop) on a spool holding events: the first flush sends them."""
@@ -225,11 +232,13 @@ asyncio.run(main())  # returns without close(): the loop is gone by the time the
 
 
 class TestExit:
-    def test_exit_without_close_sends_what_was_queued(self, server: RunningServer) -> None:
+    def test_exit_without_close_sends_what_was_queued(
+        self, shared_server: RunningServer, account: str
+    ) -> None:
         """asyncio.run() returns, the process exits: every queued event is stored."""
-        done = run_script(QUEUE_AND_RETURN, server.client_key, server.events_url)
+        done = run_script(QUEUE_AND_RETURN, account, shared_server.events_url)
         assert done.returncode == 0, done.stderr
-        assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(300))
+        assert product_ids(shared_server.stored(account)) == sorted(f"p{i}" for i in range(300))
 
     def test_exit_is_bounded_and_counts_what_it_drops(self) -> None:
         """Server unreachable: exit gives up after shutdown_timeout, logs and reports the drop."""
@@ -241,15 +250,15 @@ class TestExit:
         assert done.stdout.split("\n")[:3] == [f"failed p{i} not_delivered" for i in range(3)]
 
     def test_exit_with_a_spool_sends_what_was_spooled(
-        self, server: RunningServer, tmp_path: Path
+        self, shared_server: RunningServer, account: str, tmp_path: Path
     ) -> None:
         """With a spool_dir, exit sends from the spool; nothing is left in it."""
         spool = tmp_path / "spool"
         done = run_script(
-            QUEUE_AND_RETURN, server.client_key, server.events_url, "count=50", f"spool={spool}"
+            QUEUE_AND_RETURN, account, shared_server.events_url, "count=50", f"spool={spool}"
         )
         assert done.returncode == 0, done.stderr
-        assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(50))
+        assert product_ids(shared_server.stored(account)) == sorted(f"p{i}" for i in range(50))
         with sqlite3.connect(spool / "qlevents-spool.sqlite3") as conn:
             assert conn.execute("SELECT COUNT(*) FROM groups").fetchone() == (0,)
 

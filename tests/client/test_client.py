@@ -28,9 +28,11 @@ NOWHERE = "http://127.0.0.1:9/events"
 
 class TestEventsReachTheStore:
     @both_clients
-    def test_view_is_stored_as_given(self, server: RunningServer, make_client: MakeClient) -> None:
+    def test_view_is_stored_as_given(
+        self, shared_server: RunningServer, account: str, make_client: MakeClient
+    ) -> None:
         """view() with every field lands in the store with those fields."""
-        client = make_client(server.client_key, server.events_url)
+        client = make_client(account, shared_server.events_url)
         client.view(
             product_id="123-AA-X23",
             price=123.41,
@@ -40,31 +42,31 @@ class TestEventsReachTheStore:
             channels=["online"],
         )
         assert client.flush(20)
-        [stored] = server.stored()
+        [stored] = shared_server.stored(account)
         assert stored["event"] == "view" and stored["product_id"] == "123-AA-X23"
         assert stored["price"] == 123.41 and stored["vid"] == "DASDAS-#CCCC-NA"
         assert stored["tags"] == ["user:new"] and stored["channels"] == ["online"]
 
     @both_clients
     def test_conversion_total_is_decimal_exact(
-        self, server: RunningServer, make_client: MakeClient
+        self, shared_server: RunningServer, account: str, make_client: MakeClient
     ) -> None:
         """unit_price=10.1, units=3 stores price 30.3 (not 30.299999999999997) and units 3."""
-        client = make_client(server.client_key, server.events_url)
+        client = make_client(account, shared_server.events_url)
         client.conversion(product_id="p", unit_price=10.1, units=3)
         client.conversion(product_id="q", price=60)
         assert client.flush(20)
-        stored = {e["product_id"]: e for e in server.stored()}
+        stored = {e["product_id"]: e for e in shared_server.stored(account)}
         assert stored["p"]["price"] == 30.3 and stored["p"]["units"] == 3
         assert stored["q"]["price"] == 60.0 and stored["q"]["units"] is None
 
     def test_many_views_are_stored_exactly_once(
-        self, server: RunningServer, make_client: MakeClient
+        self, shared_server: RunningServer, account: str, make_client: MakeClient
     ) -> None:
         """2,000 views from 4 threads: every one stored, none twice."""
         import threading
 
-        client = make_client(server.client_key, server.events_url, max_batch_events=200)
+        client = make_client(account, shared_server.events_url, max_batch_events=200)
 
         def produce(offset: int) -> None:
             for i in range(500):
@@ -76,7 +78,7 @@ class TestEventsReachTheStore:
         for thread in threads:
             thread.join()
         assert client.flush(30)
-        assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(2000))
+        assert product_ids(shared_server.stored(account)) == sorted(f"p{i}" for i in range(2000))
         stats = client.stats()
         assert stats["enqueued"] == stats["handed_to_network"] == stats["stored"] == 2000
         assert stats["dropped"] == stats["refused"] == stats["pending"] == 0
@@ -191,25 +193,27 @@ class TestGroups:
 @both_clients
 class TestSend:
     def test_send_returns_the_servers_answer(
-        self, server: RunningServer, make_client: MakeClient
+        self, shared_server: RunningServer, account: str, make_client: MakeClient
     ) -> None:
         """send() posts now, in one request, and returns processed / failed / errors."""
-        client = make_client(server.client_key, server.events_url)
-        result = client.send([view(server.client_key), conversion("qlk_unknown_key")])
+        client = make_client(account, shared_server.events_url)
+        result = client.send([view(account), conversion("qlk_unknown_key")])
         assert len(result.processed) == 1 and not result.ok
         assert result.failed == [conversion("qlk_unknown_key")]
         assert [(e.index, e.code) for e in result.errors] == [(1, "unknown_client_key")]
-        assert len(server.stored()) == 1
+        assert len(shared_server.stored(account)) == 1
+        assert shared_server.stored("qlk_unknown_key") == []
 
     def test_send_fills_in_the_client_key(
-        self, server: RunningServer, make_client: MakeClient
+        self, shared_server: RunningServer, account: str, make_client: MakeClient
     ) -> None:
         """Events given to send() without a client_key get the client's."""
-        client = make_client(server.client_key, server.events_url)
-        event = view(server.client_key)
+        client = make_client(account, shared_server.events_url)
+        event = view(account)
         del event["client_key"]
         assert client.send([event]).ok
-        assert server.stored()[0]["client_key"] == server.client_key
+        [stored] = shared_server.stored(account)
+        assert stored["client_key"] == account
 
     def test_send_raises_when_the_server_is_unreachable(self, make_client: MakeClient) -> None:
         """No answer within send_retry_budget: TransportError, not a hang."""
@@ -366,12 +370,16 @@ class TestFullQueue:
 @both_clients
 class TestLogging:
     def test_every_call_is_logged_with_its_timings(
-        self, server: RunningServer, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+        self,
+        shared_server: RunningServer,
+        account: str,
+        make_client: MakeClient,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
         """Each POST logs batch size, bytes, status, seconds and processed/failed counts."""
-        client = make_client(server.client_key, server.events_url)
+        client = make_client(account, shared_server.events_url)
         with caplog.at_level(logging.INFO, "qlevents.client"):
-            client.enqueue([view(server.client_key), view("qlk_nobody")])
+            client.enqueue([view(account), view("qlk_nobody")])
             assert client.flush(20).stored == 1
         [call] = [r for r in caplog.records if r.message.startswith("POST")]
         assert call.levelno == logging.WARNING  # one event failed
@@ -379,13 +387,16 @@ class TestLogging:
         assert "status 200 in" in call.message and "1 processed, 1 failed" in call.message
 
     def test_refused_event_goes_to_on_failure_and_the_log(
-        self, server: RunningServer, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+        self,
+        shared_server: RunningServer,
+        make_client: MakeClient,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
         """A permanent failure reaches on_failure with the server's errors, and a WARNING."""
         failures: list[tuple[dict[str, object], list[str]]] = []
         client = make_client(
             "qlk_nobody",
-            server.events_url,
+            shared_server.events_url,
             on_failure=lambda event, errors: failures.append((event, [e.code for e in errors])),
         )
         client.view(product_id="p", price=1, permalink="https://s.example/")
@@ -427,10 +438,10 @@ class TestDefaultTransport:
 @both_clients
 class TestFlushTellsTheTruth:
     def test_everything_stored_is_true_and_counted(
-        self, server: RunningServer, make_client: MakeClient
+        self, shared_server: RunningServer, account: str, make_client: MakeClient
     ) -> None:
         """All stored: the result is true and counts them; a flush with nothing new is too."""
-        client = make_client(server.client_key, server.events_url)
+        client = make_client(account, shared_server.events_url)
         for i in range(3):
             client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
         result = client.flush(20)
@@ -440,11 +451,14 @@ class TestFlushTellsTheTruth:
         assert again and again.stored == 0
 
     def test_a_wrong_client_key_is_refused_not_true(
-        self, server: RunningServer, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+        self,
+        shared_server: RunningServer,
+        make_client: MakeClient,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
         """Answered 200 with every event failed (unknown_client_key): false, counted, one
         log line for the three events."""
-        client = make_client("qlk_wrong", server.events_url)
+        client = make_client("qlk_wrong", shared_server.events_url)
         with caplog.at_level(logging.WARNING, "qlevents.client"):
             for i in range(3):
                 client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
@@ -453,28 +467,32 @@ class TestFlushTellsTheTruth:
         assert (result.stored, result.refused, result.dropped) == (0, 3, 0)
         assert result.reasons == {"unknown_client_key": 3}
         assert sum("events not stored" in r.message for r in caplog.records) == 1
-        assert server.stored() == []
+        assert shared_server.stored("qlk_wrong") == []
 
     def test_an_endpoint_missing_events_is_refused_not_true(
-        self, server: RunningServer, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+        self,
+        shared_server: RunningServer,
+        account: str,
+        make_client: MakeClient,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
         """A URL the server answers 404: false, the events refused, the log says what to fix."""
-        wrong = server.events_url.removesuffix("/events") + "/api"
-        client = make_client(server.client_key, wrong)
+        wrong = shared_server.events_url.removesuffix("/events") + "/api"
+        client = make_client(account, wrong)
         for i in range(3):
             client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
         result = client.flush(20)
         assert not result
         assert (result.stored, result.refused, result.reasons) == (0, 3, {"not_found": 3})
         assert f"is {wrong} the /events URL of your qlevents server?" in caplog.text
-        assert server.stored() == []
+        assert shared_server.stored(account) == []
 
     def test_each_flush_reports_what_happened_since_the_previous(
-        self, server: RunningServer, make_client: MakeClient
+        self, shared_server: RunningServer, account: str, make_client: MakeClient
     ) -> None:
         """A refusal is reported by the flush after it, not again by the next one."""
-        client = make_client(server.client_key, server.events_url)
-        client.enqueue([view(server.client_key), view("qlk_wrong")])
+        client = make_client(account, shared_server.events_url)
+        client.enqueue([view(account), view("qlk_wrong")])
         first = client.flush(20)
         assert (bool(first), first.stored, first.refused) == (False, 1, 1)
         client.view(product_id="later", price=1, permalink="https://s.example/")
@@ -482,10 +500,10 @@ class TestFlushTellsTheTruth:
         assert (bool(second), second.stored, second.refused) == (True, 1, 0)
 
     def test_with_a_spool_a_refusal_is_reported_too(
-        self, server: RunningServer, make_client: MakeClient, tmp_path: Path
+        self, shared_server: RunningServer, make_client: MakeClient, tmp_path: Path
     ) -> None:
         """Spooled events refused by the server: the flush counts them refused as well."""
-        client = make_client("qlk_wrong", server.events_url, spool_dir=tmp_path / "spool")
+        client = make_client("qlk_wrong", shared_server.events_url, spool_dir=tmp_path / "spool")
         for i in range(3):
             client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
         result = client.flush(20)

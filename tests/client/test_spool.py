@@ -82,33 +82,45 @@ def sigkill(process: subprocess.Popen[str]) -> None:
 @both_clients
 class TestSpoolSurvivesCrashes:
     def test_events_survive_sigkill_right_after_the_call(
-        self, server: RunningServer, make_client: MakeClient, tmp_path: Path, flavour: str
+        self,
+        shared_server: RunningServer,
+        account: str,
+        make_client: MakeClient,
+        tmp_path: Path,
+        flavour: str,
     ) -> None:
         """SIGKILL after view() returned (server unreachable): the next client sends them."""
         spool = tmp_path / "spool"
         process = start_script(
-            flavour, server.client_key, f"http://127.0.0.1:{free_port()}/events", str(spool)
+            flavour, account, f"http://127.0.0.1:{free_port()}/events", str(spool)
         )
         sigkill(process)
-        client = make_client(server.client_key, server.events_url, spool_dir=spool)
+        client = make_client(account, shared_server.events_url, spool_dir=spool)
         assert client.flush(30)
-        assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(50))
+        assert product_ids(shared_server.stored(account)) == sorted(f"p{i}" for i in range(50))
         assert client.stats()["pending"] == 0
 
     def test_batch_in_flight_at_sigkill_is_stored_once(
-        self, server: RunningServer, make_client: MakeClient, tmp_path: Path, flavour: str
+        self,
+        shared_server: RunningServer,
+        account: str,
+        make_client: MakeClient,
+        tmp_path: Path,
+        flavour: str,
     ) -> None:
         """Stored by the server, answer lost, sender killed: the re-send is a replay."""
         spool = tmp_path / "spool"
-        with FaultProxy(server.events_url) as proxy:
+        with FaultProxy(shared_server.events_url) as proxy:
             proxy.add(Hang(30))
-            process = start_script(flavour, server.client_key, proxy.url, str(spool))
-            eventually(lambda: len(server.stored()) == 50, what="the first send to be stored")
+            process = start_script(flavour, account, proxy.url, str(spool))
+            eventually(
+                lambda: len(shared_server.stored(account)) == 50, what="the first send to be stored"
+            )
             sigkill(process)
-            client = make_client(server.client_key, proxy.url, spool_dir=spool)
+            client = make_client(account, proxy.url, spool_dir=spool)
             assert client.flush(30)
             assert len(proxy.seen) == 2 and proxy.keys[0] == proxy.keys[1]
-        assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(50))
+        assert product_ids(shared_server.stored(account)) == sorted(f"p{i}" for i in range(50))
 
 
 @both_clients
@@ -135,12 +147,12 @@ class TestSpoolInsteadOfDropping:
         assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(100))
 
     def test_two_clients_on_one_spool_send_each_event_once(
-        self, server: RunningServer, make_client: MakeClient, tmp_path: Path
+        self, shared_server: RunningServer, account: str, make_client: MakeClient, tmp_path: Path
     ) -> None:
         """Only the lock holder sends from a spool; the other's events are sent by it, once."""
         spool = tmp_path / "spool"
-        first = make_client(server.client_key, server.events_url, spool_dir=spool)
-        second = make_client(server.client_key, server.events_url, spool_dir=spool)
+        first = make_client(account, shared_server.events_url, spool_dir=spool)
+        second = make_client(account, shared_server.events_url, spool_dir=spool)
         for i in range(30):
             first.view(product_id=f"a{i}", price=1, permalink="https://s.example/")
             second.view(product_id=f"b{i}", price=1, permalink="https://s.example/")
@@ -148,7 +160,7 @@ class TestSpoolInsteadOfDropping:
         assert firsts and seconds
         assert (firsts.stored, seconds.stored) == (30, 30)  # each its own, whoever sent them
         expected = [f"a{i}" for i in range(30)] + [f"b{i}" for i in range(30)]
-        assert product_ids(server.stored()) == sorted(expected)
+        assert product_ids(shared_server.stored(account)) == sorted(expected)
         assert first.stats()["handed_to_network"] + second.stats()["handed_to_network"] == 60
 
 
@@ -156,7 +168,8 @@ class TestSpoolInsteadOfDropping:
 class TestSpoolCap:
     def test_at_the_cap_new_events_are_dropped_and_the_spooled_ones_kept(
         self,
-        server: RunningServer,
+        shared_server: RunningServer,
+        account: str,
         make_client: MakeClient,
         tmp_path: Path,
         caplog: pytest.LogCaptureFixture,
@@ -165,7 +178,7 @@ class TestSpoolCap:
         next client sends the 5 oldest."""
         spool = tmp_path / "spool"
         down = f"http://127.0.0.1:{free_port()}/events"
-        client = make_client(server.client_key, down, spool_dir=spool, spool_max_events=5)
+        client = make_client(account, down, spool_dir=spool, spool_max_events=5)
         with caplog.at_level(logging.WARNING, "qlevents.client"):
             for i in range(8):
                 client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
@@ -178,9 +191,9 @@ class TestSpoolCap:
         client.close(timeout=0.2)
         assert client.stats()["pending"] == 5  # what the spool held at close
         assert "close: 2 more events were dropped since the last warning" in caplog.text
-        after = make_client(server.client_key, server.events_url, spool_dir=spool)
+        after = make_client(account, shared_server.events_url, spool_dir=spool)
         assert after.flush(30)
-        assert product_ids(server.stored()) == [f"p{i}" for i in range(5)]
+        assert product_ids(shared_server.stored(account)) == [f"p{i}" for i in range(5)]
 
     def test_the_byte_cap_counts_the_events_encoded_size(
         self, make_client: MakeClient, tmp_path: Path
@@ -200,7 +213,7 @@ class TestSpoolCap:
 
 class TestSpoolFormat:
     def test_a_spool_made_before_the_cap_is_upgraded_and_sent(
-        self, server: RunningServer, tmp_path: Path
+        self, shared_server: RunningServer, account: str, tmp_path: Path
     ) -> None:
         """A spool file without the owner column and totals (an earlier qlevents): its events
         count towards the cap and are sent."""
@@ -214,13 +227,13 @@ class TestSpoolFormat:
             )
             old.executemany(
                 "INSERT INTO groups (events, count, created) VALUES (?, 1, 0)",
-                [(view(server.client_key, f"old{i}", 1, "https://s.example/"),) for i in range(2)],
+                [(view(account, f"old{i}", 1, "https://s.example/"),) for i in range(2)],
             )
         with Client(
-            server.client_key, server.events_url, spool_dir=spool, spool_max_events=3
+            account, shared_server.events_url, spool_dir=spool, spool_max_events=3
         ) as client:
             for i in range(2):
                 client.view(product_id=f"new{i}", price=1, permalink="https://s.example/")
             assert client.stats()["dropped_spool_full"] == 1  # 2 old + 1 new fill the cap
             assert client.flush(30).stored == 1  # its own; the old ones were no one's
-        assert product_ids(server.stored()) == ["new0", "old0", "old1"]
+        assert product_ids(shared_server.stored(account)) == ["new0", "old0", "old1"]

@@ -36,16 +36,20 @@ class TestCausesOnARealSocket:
         error = failure(make(0.5, 0.5), f"http://127.0.0.1:{free_port()}/events")
         assert cause_of(error) == "connection refused"
 
-    def test_a_server_that_never_answers_is_a_timeout(self, make: Any, proxy: FaultProxy) -> None:
+    def test_a_server_that_never_answers_is_a_timeout(
+        self, make: Any, shared_proxy: FaultProxy
+    ) -> None:
         """Connected, but no answer within the timeout: 'timeout waiting for the answer'."""
-        proxy.add(Hang(5))
-        error = failure(make(1.0, 0.3), proxy.url)
+        shared_proxy.add(Hang(5))
+        error = failure(make(1.0, 0.3), shared_proxy.url)
         assert cause_of(error) == "timeout waiting for the answer"
 
-    def test_a_connection_closed_without_an_answer(self, make: Any, proxy: FaultProxy) -> None:
+    def test_a_connection_closed_without_an_answer(
+        self, make: Any, shared_proxy: FaultProxy
+    ) -> None:
         """The server closes the connection instead of answering: named as such."""
-        proxy.add(Reset())
-        error = failure(make(1.0, 1.0), proxy.url)
+        shared_proxy.add(Reset())
+        error = failure(make(1.0, 1.0), shared_proxy.url)
         assert cause_of(error) in ("connection closed before the answer", "connection reset")
 
 

@@ -77,34 +77,39 @@ class TestServerOutages:
 class TestRetries:
     @both_clients
     def test_slow_server_past_the_timeout_is_retried_with_the_same_key(
-        self, server: RunningServer, proxy: FaultProxy, make_client: MakeClient
+        self,
+        shared_server: RunningServer,
+        account: str,
+        shared_proxy: FaultProxy,
+        make_client: MakeClient,
     ) -> None:
         """The answer comes too late; the retry carries the same key; stored once."""
-        proxy.add(Slow(2.0))
-        client = make_client(server.client_key, proxy.url, timeout=0.5)
+        shared_proxy.add(Slow(2.0))
+        client = make_client(account, shared_proxy.url, timeout=0.5)
         sent = views(client, 10)
         assert client.flush(30)
-        assert len(proxy.seen) >= 2 and len(set(proxy.keys)) == 1
-        assert product_ids(server.stored()) == sent
+        assert len(shared_proxy.seen) >= 2 and len(set(shared_proxy.keys)) == 1
+        assert product_ids(shared_server.stored(account)) == sent
         assert client.stats()["retried"] >= 1
 
     @both_clients
     def test_429_with_retry_after_is_honoured(
         self,
-        server: RunningServer,
-        proxy: FaultProxy,
+        shared_server: RunningServer,
+        account: str,
+        shared_proxy: FaultProxy,
         make_client: MakeClient,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         """A 429 with Retry-After: 1 is waited out (not the 0.05 s backoff); stored once."""
-        proxy.add(Status(429, retry_after="1"))
-        client = make_client(server.client_key, proxy.url)
+        shared_proxy.add(Status(429, retry_after="1"))
+        client = make_client(account, shared_proxy.url)
         sent = views(client, 5)
         assert client.flush(30)
         [retry] = [r.message for r in caplog.records if "status 429" in r.message]
         assert float(retry.rsplit("retrying in ", 1)[1].split()[0]) >= 1.0
-        assert len(proxy.seen) == 2 and proxy.keys[0] == proxy.keys[1]
-        assert product_ids(server.stored()) == sent
+        assert len(shared_proxy.seen) == 2 and shared_proxy.keys[0] == shared_proxy.keys[1]
+        assert product_ids(shared_server.stored(account)) == sent
 
     @pytest.mark.parametrize(
         ("flavour", "status"),
@@ -112,39 +117,52 @@ class TestRetries:
         indirect=["flavour"],
     )
     def test_5xx_is_retried(
-        self, status: int, server: RunningServer, proxy: FaultProxy, make_client: MakeClient
+        self,
+        status: int,
+        shared_server: RunningServer,
+        account: str,
+        shared_proxy: FaultProxy,
+        make_client: MakeClient,
     ) -> None:
         """5xx answers are retried with the same Idempotency-Key until stored, once."""
-        proxy.add(Status(status), Status(status, retry_after="0"), Reset())
-        client = make_client(server.client_key, proxy.url)
+        shared_proxy.add(Status(status), Status(status, retry_after="0"), Reset())
+        client = make_client(account, shared_proxy.url)
         sent = views(client, 7)
         assert client.flush(30)
-        assert len(proxy.seen) == 4 and len(set(proxy.keys)) == 1
-        assert product_ids(server.stored()) == sent
+        assert len(shared_proxy.seen) == 4 and len(set(shared_proxy.keys)) == 1
+        assert product_ids(shared_server.stored(account)) == sent
         assert client.stats()["retried"] == 3
 
     @both_clients
     def test_answer_lost_after_store_is_not_stored_twice(
-        self, server: RunningServer, proxy: FaultProxy, make_client: MakeClient
+        self,
+        shared_server: RunningServer,
+        account: str,
+        shared_proxy: FaultProxy,
+        make_client: MakeClient,
     ) -> None:
         """The server stored the batch but the answer never came: the retry is a replay."""
-        proxy.add(Hang(1.0))
-        client = make_client(server.client_key, proxy.url, timeout=0.5)
+        shared_proxy.add(Hang(1.0))
+        client = make_client(account, shared_proxy.url, timeout=0.5)
         sent = views(client, 10)
         assert client.flush(30)
-        assert len(proxy.seen) >= 2 and len(set(proxy.keys)) == 1
-        assert product_ids(server.stored()) == sent
+        assert len(shared_proxy.seen) >= 2 and len(set(shared_proxy.keys)) == 1
+        assert product_ids(shared_server.stored(account)) == sent
 
     @both_clients
     def test_retry_budget_gives_up_and_reports(
-        self, server: RunningServer, proxy: FaultProxy, make_client: MakeClient
+        self,
+        shared_server: RunningServer,
+        account: str,
+        shared_proxy: FaultProxy,
+        make_client: MakeClient,
     ) -> None:
         """Past retry_budget the batch is dropped, counted and given to on_failure."""
-        proxy.add(*[Status(503)] * 100)
+        shared_proxy.add(*[Status(503)] * 100)
         failures: list[str] = []
         client = make_client(
-            server.client_key,
-            proxy.url,
+            account,
+            shared_proxy.url,
             retry_budget=0.3,
             on_failure=lambda event, errors: failures.append(errors[0].code),
         )
@@ -153,7 +171,7 @@ class TestRetries:
         assert not result and result.dropped == 3 and result.reasons == {"not_delivered": 3}
         assert failures == ["not_delivered"] * 3
         assert client.stats()["dropped"] == client.stats()["dropped_undelivered"] == 3
-        assert server.stored() == []
+        assert shared_server.stored(account) == []
 
 
 class TestWrongEndpoint:
@@ -205,7 +223,7 @@ class TestWrongEndpoint:
 
 class TestExit:
     def test_exit_without_flush_sends_what_was_queued(
-        self, server: RunningServer, tmp_path: Path
+        self, shared_server: RunningServer, account: str, tmp_path: Path
     ) -> None:
         """A script that queues events and just exits: atexit delivers all of them."""
         from tests.client.conftest import run_script
@@ -218,13 +236,15 @@ class TestExit:
             for i in range(300):
                 client.view(product_id=f"p{i}", price=1, permalink="https://s.example/")
             """,
-            server.client_key,
-            server.events_url,
+            account,
+            shared_server.events_url,
         )
         assert done.returncode == 0, done.stderr
-        assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(300))
+        assert product_ids(shared_server.stored(account)) == sorted(f"p{i}" for i in range(300))
 
-    def test_exit_delivers_for_a_client_dropped_unclosed(self, server: RunningServer) -> None:
+    def test_exit_delivers_for_a_client_dropped_unclosed(
+        self, shared_server: RunningServer, account: str
+    ) -> None:
         """A client made and dropped inside a function: exit still delivers what it queued."""
         from tests.client.conftest import run_script
 
@@ -240,11 +260,11 @@ class TestExit:
 
             main()
             """,
-            server.client_key,
-            server.events_url,
+            account,
+            shared_server.events_url,
         )
         assert done.returncode == 0, done.stderr
-        assert product_ids(server.stored()) == sorted(f"p{i}" for i in range(300))
+        assert product_ids(shared_server.stored(account)) == sorted(f"p{i}" for i in range(300))
 
     @pytest.mark.parametrize("flavour", ["Client", "AsyncClient"])
     def test_an_outage_at_exit_is_one_line_per_cause(self, flavour: str) -> None:
@@ -298,22 +318,23 @@ asyncio.run(main())
 class TestConnections:
     def test_connection_closed_by_the_server_while_idle_is_not_an_error(
         self,
-        server: RunningServer,
-        proxy: FaultProxy,
+        shared_server: RunningServer,
+        account: str,
+        shared_proxy: FaultProxy,
         make_client: MakeClient,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         """A keep-alive connection the server closed is replaced, not failed on and retried."""
-        proxy.add(CloseAfter())
-        client = make_client(server.client_key, proxy.url)
+        shared_proxy.add(CloseAfter())
+        client = make_client(account, shared_proxy.url)
         first = views(client, 3, prefix="a")
         assert client.flush(30)
-        eventually(lambda: proxy.closed_after == 1, what="the proxy to close the connection")
+        eventually(lambda: shared_proxy.closed_after == 1, what="the proxy to close the connection")
         second = views(client, 3, prefix="b")
         assert client.flush(30)
         assert client.stats()["retried"] == 0
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-        assert product_ids(server.stored()) == sorted(first + second)
+        assert product_ids(shared_server.stored(account)) == sorted(first + second)
 
 
 @both_clients
@@ -328,22 +349,24 @@ class TestServerLimits:
         assert client.flush(30)
         assert product_ids(server.stored()) == sent
 
-    def test_gzip_bodies_are_stored(self, server: RunningServer, make_client: MakeClient) -> None:
+    def test_gzip_bodies_are_stored(
+        self, shared_server: RunningServer, account: str, make_client: MakeClient
+    ) -> None:
         """With gzip_min_bytes=0 every body is compressed; the server stores them all."""
-        client = make_client(server.client_key, server.events_url, gzip_min_bytes=0)
+        client = make_client(account, shared_server.events_url, gzip_min_bytes=0)
         sent = views(client, 50)
         assert client.flush(30)
-        assert product_ids(server.stored()) == sent
+        assert product_ids(shared_server.stored(account)) == sent
 
 
 class TestDroppedClient:
     def test_unclosed_client_still_delivers_while_the_process_lives(
-        self, server: RunningServer
+        self, shared_server: RunningServer, account: str
     ) -> None:
         """A client garbage-collected without close(): its sender drains the queue, then ends."""
         import gc
 
-        client = Client(server.client_key, server.events_url, flush_interval=0.05)
+        client = Client(account, shared_server.events_url, flush_interval=0.05)
         sent = views(client, 5)
         worker = client._sender
         del client
@@ -351,7 +374,7 @@ class TestDroppedClient:
         assert worker is not None
         worker.join(30)
         assert not worker.is_alive()
-        assert product_ids(server.stored()) == sent
+        assert product_ids(shared_server.stored(account)) == sent
 
 
 class TestRealRateLimit:

@@ -415,3 +415,14 @@ def metric(text: str, name: str, labels: str = "", default: float | None = None)
         return default
     assert found, f"{name}{{{labels}}} not in metrics"
     return float(found.group(1))
+
+
+def holds_within(condition: Callable[[], bool], within: float) -> bool:
+    """Whether ``condition`` holds within ``within`` seconds, polled every 10 ms (a change a
+    watch or a poll brings)."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

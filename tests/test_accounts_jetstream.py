@@ -24,6 +24,7 @@ from qlevents.accounts import (
 from qlevents.accounts_jetstream import JetStreamAccountBook
 from qlevents.store.factory import StoreSettings, build_account_book
 from tests.cluster import NatsCluster, module_cluster
+from tests.support import holds_within
 
 nats_cluster = module_cluster(3)
 
@@ -46,12 +47,7 @@ def open_book(nats_cluster: NatsCluster) -> Iterator[Callable[..., JetStreamAcco
 
 def eventually(condition: Callable[[], bool], within: float = 1.0) -> bool:
     """Whether ``condition`` holds within ``within`` seconds (what 'applied within 1 s' means)."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+    return holds_within(condition, within)
 
 
 def test_the_factory_picks_the_bucket_on_a_cluster(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from qlevents.store.factory import StoreSettings, build_user_store
 from qlevents.users import MEMBER, OPERATOR, UserError
 from qlevents.users_jetstream import JetStreamUserStore
 from tests.cluster import NatsCluster, module_cluster
+from tests.support import holds_within
 
 PASSWORD = "correct horse battery"
 
@@ -37,12 +37,7 @@ def nodes(nats_cluster: NatsCluster) -> Iterator[tuple[JetStreamUserStore, JetSt
 
 def eventually(condition: Callable[[], bool], within: float = 2.0) -> bool:
     """Whether ``condition`` holds within ``within`` seconds (a watch brings a change)."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+    return holds_within(condition, within)
 
 
 class TestSharedUsers:

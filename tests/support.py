@@ -116,7 +116,18 @@ class RunningServer:
         children = child_pids(self.process.pid)
         if self.process.poll() is None:
             self.process.send_signal(sig)
-        code = self.process.wait(timeout)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # Fail the test, but leave no server behind (one once ran on for an hour).
+            for pid in [self.process.pid, *children]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.process.wait(10)
+            self.process = None
+            raise AssertionError(
+                f"qlevents serve did not stop within {timeout:.0f} s of signal {sig}:\n{self.log()}"
+            ) from None
         self.process = None
         # The store's writer process ends when the server's end of its pipe closes: wait for
         # it too, so that the next test finds the files closed (an unmount would be refused).

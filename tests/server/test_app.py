@@ -19,7 +19,7 @@ from qlevents.accounts import AccountBook
 from qlevents.server import EventsApp, Settings
 from qlevents.store import EventStore, MemoryEventStore
 from qlevents.store.factory import StoreSettings
-from tests.support import ADMIN_TOKEN, view
+from tests.support import ADMIN_TOKEN, LocalApp, view
 
 pytestmark = pytest.mark.anyio
 
@@ -339,3 +339,24 @@ class TestDryRun:
         async with running(make_app()) as client:
             answer = await client.post(f"{MAIN}/events?dry_run=maybe", json=[])
         assert contract_error(answer, 400)["code"] == "invalid_query"
+
+
+class TestShutdown:
+    def test_a_step_that_never_returns_does_not_keep_the_worker_alive(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The dashboard's stop hanging (a cluster gone quiet mid-close): the lifespan still
+        completes its shutdown after SHUTDOWN_SECONDS, and says so."""
+        import qlevents.server.app as app_module
+
+        monkeypatch.setattr(app_module, "SHUTDOWN_SECONDS", 0.2)
+        local = LocalApp(tmp_path)
+        local.start()
+
+        async def never() -> None:
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr(local.app.dashboard, "stop", never)
+        with caplog.at_level("ERROR", logger="qlevents.server"):
+            local.stop()  # asserts lifespan.shutdown.complete
+        assert "stopping anyway" in caplog.text

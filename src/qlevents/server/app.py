@@ -15,6 +15,7 @@ API the request was for: the events contract's JSON, the admin API's problem JSO
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -43,6 +44,9 @@ from qlevents.store.factory import build_account_book, build_store
 from qlevents.ui import Dashboard
 
 log: Final = logging.getLogger("qlevents.server")
+#: The most a worker's shutdown (after its requests) may take: the dashboard, the account
+#: book and the store each bound their own steps; this bounds them together.
+SHUTDOWN_SECONDS: Final = 15.0
 #: The health probes: their successful answers are left out of the access log unless asked
 #: for (--access-log-probes); a failed probe is logged.
 PROBES: Final = frozenset({"/healthz", "/readyz"})
@@ -159,14 +163,23 @@ class EventsApp:
                 gc.set_threshold(50_000, 20, 100)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.directory.stop()
-                await self.dashboard.stop()
-                await self.store.close()
-                self.directory.book.close()
+                try:
+                    await asyncio.wait_for(self._shut_down(), SHUTDOWN_SECONDS)
+                except TimeoutError:
+                    # Each step has bounds of its own; this one makes sure a stop signal
+                    # always ends the process (a cluster gone quiet mid-close was seen to
+                    # hold a test's server for an hour).
+                    log.error("shutting down took over %.0f s; stopping anyway", SHUTDOWN_SECONDS)
                 if self.access_log is not None:
                     self.access_log.flush()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _shut_down(self) -> None:
+        await self.directory.stop()
+        await self.dashboard.stop()
+        await self.store.close()
+        self.directory.book.close()  # bounded by itself (a thread of its own on a cluster)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()

@@ -75,6 +75,21 @@ async def test_reads_in_order_and_resumes_where_it_stopped(store: JetStreamEvent
         assert await log.process(other) == 7
 
 
+async def test_a_fetch_ending_in_asyncios_own_timeout_is_an_empty_batch(
+    store: JetStreamEventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats-py ends a fetch with asyncio's plain TimeoutError, not its own, when the answer to
+    its no-wait probe comes at the deadline (seen once in CI): that is "nothing yet" too."""
+
+    async def fetch_at_the_deadline(batch: int, timeout: float) -> list[object]:
+        raise TimeoutError  # asyncio.TimeoutError is this builtin since 3.11
+
+    async with consumer(store, "pricing") as log:
+        assert log._subscription is not None
+        monkeypatch.setattr(log._subscription, "fetch", fetch_at_the_deadline)
+        assert await log.process(Recorder(), timeout=0.1) == 0
+
+
 async def test_a_failed_message_comes_again_before_the_ones_after_it(
     store: JetStreamEventStore,
 ) -> None:

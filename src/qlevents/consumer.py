@@ -30,7 +30,6 @@ from typing import Final
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
@@ -128,7 +127,9 @@ class EventConsumer:
             raise RuntimeError("the consumer is not open")
         try:
             messages = await self._subscription.fetch(self._batch, timeout=timeout)
-        except NatsTimeoutError:
+        except TimeoutError:
+            # nats-py raises its own TimeoutError, or asyncio's plain one when its no-wait
+            # probe's answer comes at the deadline; the first subclasses the second.
             return 0
         handled = 0
         try:

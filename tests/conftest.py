@@ -7,7 +7,6 @@ its own (``server``, ``serve``); one that only sends requests and reads answers 
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -42,8 +41,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
 
     yield start
     for server in started:
-        if server.process is not None:
-            server.stop(signal.SIGKILL)
+        server.discard()
 
 
 @pytest.fixture

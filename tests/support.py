@@ -137,6 +137,16 @@ class RunningServer:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def discard(self) -> None:
+        """SIGKILL the server and every process it started, and wait: the end of a fixture
+        (a supervisor killed alone leaves its workers running, unaware)."""
+        if self.process is None:
+            return
+        for pid in child_pids(self.process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.stop(signal.SIGKILL)
+
     def restart(self) -> RunningServer:
         if self.process is not None:
             self.stop()
@@ -235,8 +245,7 @@ def running_server(tmp: Path, *options: str) -> Iterator[RunningServer]:
     try:
         yield server
     finally:
-        if server.process is not None:
-            server.stop(signal.SIGKILL)
+        server.discard()
 
 
 def _read_all(

@@ -4,6 +4,7 @@ log unless asked for."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import httpx
 import pytest
 
 from qlevents.cli import main
-from tests.support import RunningServer, free_port, view
+from tests.support import RunningServer, child_pids, free_port, view
 
 
 def wait_for_line(path: Path, needle: str, count: int = 1, timeout: float = 10.0) -> list[str]:
@@ -74,6 +75,23 @@ class TestLogFile:
         assert httpx.get(f"{server.url}/healthz").status_code == 200
         assert server.stop() == 0
         assert wait_for_line(log_file, "Finished server process")
+
+    def test_no_process_living_until_the_server_exits_holds_the_log_pipe(
+        self, serve: Callable[..., RunningServer], tmp_path: Path
+    ) -> None:
+        """With workers, multiprocessing's resource tracker lives until the server exits. If
+        it wrote to the log's pipe, the exit would wait out the log's drain (5 s) for it."""
+        server = serve("--log-file", str(tmp_path / "qlevents.log"), "--workers", "2")
+        assert server.process is not None
+        pipe = os.readlink(f"/proc/{server.process.pid}/fd/2")
+        assert pipe.startswith("pipe:")
+        trackers = [
+            pid
+            for pid in child_pids(server.process.pid)
+            if b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert len(trackers) == 1
+        assert os.readlink(f"/proc/{trackers[0]}/fd/2") != pipe
 
     def test_sighup_without_a_log_file_leaves_the_server_running(
         self, server: RunningServer

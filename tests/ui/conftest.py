@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +77,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     try:
         yield Site(server, accounts)
     finally:
-        server.stop(signal.SIGKILL)
+        server.discard()
 
 
 class SignedIn(httpx.Client):

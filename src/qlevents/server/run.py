@@ -6,6 +6,7 @@ import inspect
 import os
 import signal
 import socket
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ def run_server(
     With a log file, SIGHUP reopens it; without one, SIGHUP is ignored by a single process
     and, with workers, restarts them one by one (uvicorn's supervisor).
     """
-    log_file = _log_file(settings.log_file) if settings.log_file else None
+    log_file = _log_file(settings.log_file, settings.workers) if settings.log_file else None
     try:
         _run(settings, host, port, admin_host, log_level, forwarded_allow_ips, log_file)
     finally:
@@ -50,8 +51,14 @@ def run_server(
             log_file.close()
 
 
-def _log_file(name: str) -> LogFile:
+def _log_file(name: str, workers: int) -> LogFile:
     path = Path(name).resolve()
+    if workers > 1:
+        # Workers are spawned, which starts multiprocessing's resource tracker; it lives until
+        # this process exits. Started after the log's pipe it would hold the pipe open, and the
+        # exit would wait out LogFile's drain (5 s) for it: started first, its rare lines (leaked
+        # semaphores) go to the standard error the server was given.
+        resource_tracker.ensure_running()
     try:
         return LogFile(path)
     except OSError as exc:

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     except _Stopped:
         return 0
     finally:
-        _stop_all(processes)
+        _stop_all(processes, len(nodes))
         print("Stopped every process.", flush=True)
 
 
@@ -160,13 +160,20 @@ def _demo_key(store: str) -> str:
         book.close()
 
 
-def _stop_all(processes: list[Process]) -> None:
-    """The ingest nodes first (they finish their requests), then the NATS nodes."""
-    for process in reversed(processes):
+def _stop_all(processes: list[Process], nats_nodes: int) -> None:
+    """The ingest nodes first, while NATS still answers (they finish their requests and
+    publish their last activity), then the NATS nodes (the first ``nats_nodes`` processes):
+    20 s each step, then SIGKILL."""
+    _terminate(processes[nats_nodes:])
+    _terminate(processes[:nats_nodes])
+
+
+def _terminate(processes: list[Process]) -> None:
+    for process in processes:
         if process.poll() is None:
             process.terminate()
     deadline = time.monotonic() + 20
-    for process in reversed(processes):
+    for process in processes:
         try:
             process.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:

@@ -279,6 +279,36 @@ class TestReadOnly:
             await reader.close()
 
 
+class TestReadiness:
+    @pytest.mark.parametrize(("silent_seconds", "ready"), [(1.8, True), (6.0, False)])
+    async def test_replicas_the_leader_has_not_heard_from_for_5_s_are_lost(
+        self,
+        open_store: OpenStore,
+        monkeypatch: pytest.MonkeyPatch,
+        silent_seconds: float,
+        ready: bool,
+    ) -> None:
+        """NATS still calls a dead replica current for 10 s: readiness counts it lost once the
+        leader has not heard from it for 5 s (an idle replica is heard from every 1-2 s)."""
+        store = await open_store()
+        stream_info = api.stream_info
+
+        async def with_silent_replicas(*args: Any) -> api.StreamInfo:
+            info = await stream_info(*args)
+            assert info.cluster is not None and len(info.cluster.replicas) == 2
+            for peer in info.cluster.replicas:
+                assert peer.current and not peer.offline
+                peer.active = int(silent_seconds * 1e9)
+            return info
+
+        monkeypatch.setattr(api, "stream_info", with_silent_replicas)
+        if ready:
+            await store.check_writable()
+        else:
+            with pytest.raises(StoreUnavailableError, match=r"only 1 of .* 3 replicas"):
+                await store.check_writable()
+
+
 class TestServerChecks:
     """Single servers with the shipped configuration, or with a line of it changed."""
 

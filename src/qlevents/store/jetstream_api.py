@@ -66,6 +66,8 @@ class PeerInfo(msgspec.Struct):
     name: str = ""
     current: bool = False
     offline: bool = False
+    #: Nanoseconds since the leader last heard from this replica.
+    active: int = 0
 
 
 class ClusterInfo(msgspec.Struct):

@@ -7,6 +7,12 @@ its own (``server``, ``serve``); one that only sends requests and reads answers 
 
 from __future__ import annotations
 
+import os
+
+# Before any qlevents module is imported: dashboard users made here, and in every server and
+# command the tests start, get cheap password hashes (qlevents/users.py, FAST_HASHES).
+os.environ["QLEVENTS_TEST_FAST_PASSWORD_HASHES"] = "1"
+
 from collections.abc import Callable, Iterator
 from pathlib import Path
 

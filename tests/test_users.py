@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +14,15 @@ import pytest
 
 from qlevents.accounts import AccountBook
 from qlevents.cli import main
-from qlevents.users import MEMBER, OPERATOR, UserError, UserStore
+from qlevents.users import (
+    MEMBER,
+    OPERATOR,
+    UserError,
+    UserStore,
+    hash_password,
+    password_matches,
+)
+from tests.support import RunningServer
 
 PASSWORD = "correct horse battery"
 
@@ -30,6 +41,40 @@ class TestUsers:
         raw = b"".join(p.read_bytes() for p in tmp_path.glob("accounts.sqlite3*"))
         assert PASSWORD.encode() not in raw
         assert b"$argon2id$" in raw
+
+    @pytest.mark.parametrize(
+        ("fast", "parameters"), [("", "m=65536,t=3,p=4"), ("1", "m=1024,t=1,p=1")]
+    )
+    def test_only_the_test_suites_variable_makes_hashes_cheap(
+        self, fast: str, parameters: str
+    ) -> None:
+        """Without QLEVENTS_TEST_FAST_PASSWORD_HASHES, argon2-cffi's defaults (RFC 9106's
+        low-memory profile); with it (this suite sets it), 1 MiB and one pass. A hash
+        carries its parameters: each verifies the other's."""
+        here = hash_password(PASSWORD)  # this process has the suite's variable
+        script = (
+            "import sys\n"
+            "from qlevents.users import hash_password, password_matches\n"
+            "print(hash_password(sys.argv[2]), password_matches(sys.argv[1], sys.argv[2]))"
+        )
+        environment = {**os.environ, "QLEVENTS_TEST_FAST_PASSWORD_HASHES": fast}
+        done = subprocess.run(
+            [sys.executable, "-c", script, here, PASSWORD],
+            env=environment,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        there, matched = done.stdout.split()
+        assert there.startswith(f"$argon2id$v=19${parameters}$")
+        assert matched == "True"
+        assert password_matches(there, PASSWORD)
+        assert not password_matches(there, PASSWORD + "x")
+
+    def test_a_server_with_cheap_hashes_says_so(self, shared_server: RunningServer) -> None:
+        """qlevents serve warns when the test suite's variable is set."""
+        assert "QLEVENTS_TEST_FAST_PASSWORD_HASHES=1: dashboard passwords" in shared_server.log()
 
     def test_authenticate_checks_the_password(self, users: UserStore) -> None:
         """Right password: the user (email case-insensitive); wrong or unknown: None."""

@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from qlevents.cli.serve_settings import resolve
     from qlevents.datadir import ServeLock
     from qlevents.server.run import run_server
+    from qlevents.users import FAST_HASHES, FAST_HASHES_VARIABLE
 
     resolved = resolve(args)
     listen, settings = resolved.settings, resolved.settings.server
@@ -82,6 +83,13 @@ def run(args: argparse.Namespace) -> int:
     check_port(listen.host, listen.port, "--port")
     if settings.admin_port:
         check_port(listen.admin_host, settings.admin_port, "--admin-port")
+    if FAST_HASHES:
+        print(
+            f"Warning: {FAST_HASHES_VARIABLE}=1: dashboard passwords are hashed with a test"
+            " suite's cheap parameters; never set it in production.",
+            file=sys.stderr,
+            flush=True,
+        )
     with ServeLock(settings.data_dir):
         dashboard = default_endpoint(listen.host, listen.port).removesuffix("events") + "ui/"
         _prepare_accounts(settings, endpoint, dashboard, demo=args.demo)

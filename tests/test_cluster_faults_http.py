@@ -209,19 +209,20 @@ def test_killing_nats_nodes_then_an_ingest_node_loses_nothing_and_stores_nothing
     key = add_account(cluster, prefix)
     try:
         with Clients([first.events_url, second.events_url], key) as clients:
-            time.sleep(2)
+            wait_until(lambda: len(clients.acknowledged) > 0)
+            time.sleep(1)
             leader = leader_index(cluster, prefix)
             follower = (leader + 1) % 3
             cluster.kill(follower)
-            time.sleep(2)
+            time.sleep(1.5)
             cluster.restart(follower)
             time.sleep(1)
             cluster.kill(leader)  # an election (4-9 s): appends retry, or 503 + Retry-After
-            time.sleep(6)
+            time.sleep(5)
             cluster.restart(leader)
-            time.sleep(2)
+            time.sleep(1)
             first.kill()  # an ingest node, mid-traffic: retries go through the other
-            time.sleep(4)
+            time.sleep(3)
         stored = stored_marks(cluster, prefix)
     finally:
         second.stop()

@@ -116,7 +116,10 @@ class FaultProxy:
         self._server.daemon_threads = False
         self._server.block_on_close = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/events"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # shutdown() waits for serve_forever's next poll: 0.5 s by default, in every teardown.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     def __enter__(self) -> FaultProxy:
         self._thread.start()

@@ -56,7 +56,7 @@ def shop(server: RunningServer) -> Iterator[tuple[str, Client]]:
     """The shop's web server, with its qlevents client (the two lines)."""
     qlevents = Client(server.client_key, endpoint=server.events_url, backoff_cap=0.5)
     httpd: WSGIServer = make_server("127.0.0.1", 0, shop_app(qlevents), handler_class=QuietHandler)
-    thread = threading.Thread(target=httpd.serve_forever)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02})
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}", qlevents
     httpd.shutdown()

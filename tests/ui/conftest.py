@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ class Site:
 
     server: RunningServer
     accounts: dict[str, tuple[str, str]]
+    #: A browser's cookies once signed in with the form, by email (see ``new_page``).
+    signed_in: dict[str, Any] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -135,10 +137,14 @@ def new_page(browser: Any, site: Site) -> Iterator[Any]:
     contexts: list[Any] = []
 
     def open_page(email: str | None = None) -> Any:
+        # The first page of an email signs in with the form; later ones start with its
+        # cookies (one argon2 hash and ~1 s less each). A test that ends its session must
+        # forget it: site.signed_in.pop(email).
         context = browser.new_context(
             base_url=site.url,
             viewport={"width": 1280, "height": 900},
             permissions=["clipboard-read", "clipboard-write"],
+            storage_state=site.signed_in.get(email) if email is not None else None,
         )
         context.set_default_timeout(10_000)
         contexts.append(context)
@@ -146,12 +152,13 @@ def new_page(browser: Any, site: Site) -> Iterator[Any]:
         errors: list[str] = []
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.console_errors = errors
-        if email is not None:
+        if email is not None and email not in site.signed_in:
             page.goto("/ui/signin")
             page.get_by_label("Email").fill(email)
             page.get_by_label("Password").fill(PASSWORD)
             page.get_by_role("button", name="Sign in").click()
             page.wait_for_url(re.compile(r"/ui/(a/|accounts)"))
+            site.signed_in[email] = context.storage_state()
         return page
 
     yield open_page

@@ -6,6 +6,8 @@ import os
 import re
 import uuid
 
+import pytest
+
 from qlevents.server import ids
 
 UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -23,6 +25,16 @@ def test_ids_are_uuid7_unique_and_ordered() -> None:
             assert uuid.UUID(event_id).version == 7
         seen.update(batch)
     assert len(seen) == 3000 * 5
+
+
+def test_a_call_past_the_ready_made_suffixes_numbers_on_in_order() -> None:
+    """The suffixes of the first 1024 ids are ready-made; the rest (up to 65536) are the same
+    four hex digits of the index, and no more than that is asked."""
+    batch = ids.new_event_ids(ids.MAX_IDS)
+    assert [event_id[-4:] for event_id in batch] == [f"{i:04x}" for i in range(ids.MAX_IDS)]
+    assert batch == sorted(batch) and all(UUID7.match(event_id) for event_id in batch[1020:1030])
+    with pytest.raises(ValueError, match="at most 65536"):
+        ids.new_event_ids(ids.MAX_IDS + 1)
 
 
 def test_a_forked_child_does_not_repeat_the_parents_ids() -> None:

@@ -22,8 +22,6 @@ import msgspec
 
 from qlevents._exceptions import QleventsError, TransportError
 from qlevents.cli.errors import CommandError
-from qlevents.client import Client
-from qlevents.client._build import body
 from qlevents.client._config import ENDPOINT_ENV
 from qlevents.events import MAX_EVENTS_PER_REQUEST, ConversionEvent, ViewEvent
 from qlevents.validation import convert_event
@@ -136,6 +134,9 @@ class _Progress:
 
 def run(args: argparse.Namespace) -> int:
     """Check the file's events, send the valid ones in batches, print a summary."""
+    from qlevents.client import Client  # only here: every command's start-up would pay
+    from qlevents.client._build import body
+
     if not 1 <= args.batch_size <= MAX_EVENTS_PER_REQUEST:
         raise CommandError(f"--batch-size must be from 1 to {MAX_EVENTS_PER_REQUEST}", exit_code=2)
     endpoint = args.endpoint or os.environ.get(ENDPOINT_ENV, "").strip()

@@ -7,8 +7,11 @@ import time
 from datetime import UTC, datetime
 from typing import Final
 
-#: "0000" .. "ffff": the last four hex digits of the ids of one request's events.
-_INDEX_HEX: Final = [f"{i:04x}" for i in range(1 << 16)]
+#: At most this many ids per call: the last four hex digits are the event's index.
+MAX_IDS: Final = 1 << 16
+#: "0000" .. "03ff": the last four hex digits of a request's first 1024 events (the API takes
+#: 1000), ready-made; a larger call formats the rest.
+_INDEX_HEX: Final = [f"{i:04x}" for i in range(1024)]
 
 
 #: Random bytes drawn from the OS 4 KiB at a time: one getrandom() per 512 requests, not one
@@ -44,8 +47,8 @@ def new_event_ids(count: int) -> list[str]:
     the request in the last 16 bits: ids are in request order and cost one string
     concatenation each.
     """
-    if count > len(_INDEX_HEX):
-        raise ValueError(f"at most {len(_INDEX_HEX)} ids per call")
+    if count > MAX_IDS:
+        raise ValueError(f"at most {MAX_IDS} ids per call")
     millis = time.time_ns() // 1_000_000
     rand = _random_bits()
     rand_a = rand & 0x0FFF  # 12 bits
@@ -53,7 +56,9 @@ def new_event_ids(count: int) -> list[str]:
     high = f"{millis:012x}7{rand_a:03x}"
     low = f"{(0b10 << 46) | rand_b:012x}"  # the variant bits, then random
     prefix = f"{high[:8]}-{high[8:12]}-{high[12:16]}-{low[:4]}-{low[4:]}"
-    return [prefix + _INDEX_HEX[i] for i in range(count)]
+    if count <= len(_INDEX_HEX):
+        return [prefix + _INDEX_HEX[i] for i in range(count)]
+    return [prefix + f"{i:04x}" for i in range(count)]
 
 
 _second_prefix: tuple[int, str] = (-1, "")

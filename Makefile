@@ -112,7 +112,7 @@ clean:
 
 # Long-running proofs (not part of `make test`): see reliability/README.md.
 reliability: dev
-	QLEVENTS_PROPERTY_SCALE=10 $(BIN)/pytest -q tests/server/test_properties.py
+	QLEVENTS_PROPERTY_SCALE=10 $(BIN)/pytest -q tests/server/test_properties.py tests/server/test_accept.py
 	$(BIN)/python -m reliability.crash_cycles
 	$(BIN)/python -m reliability.soak --quick
 	$(BIN)/python -m reliability.schemathesis_run

@@ -59,9 +59,14 @@ framings = st.sampled_from(["content-length", "chunked", "gzip"])
 #: Examples of each property in this process (times QLEVENTS_PROPERTY_SCALE), and over HTTP
 #: to a real server.
 SCALE = float(os.environ.get("QLEVENTS_PROPERTY_SCALE", "1"))
+
+
+def scaled(count: int) -> int:
+    return max(1, round(count * SCALE))
+
+
 IN_PROCESS = {
-    name: max(1, round(count * SCALE))
-    for name, count in {"any_json": 200, "valid": 100, "broken": 150}.items()
+    name: scaled(count) for name, count in {"any_json": 200, "valid": 100, "broken": 150}.items()
 }
 OVER_HTTP = 15
 

@@ -10,6 +10,7 @@ CI=true, where they fail.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ import httpx
 import pytest
 
 from qlevents import Client, TransportError
-from tests.support import RunningServer, free_port, view
+from tests.support import ADMIN_TOKEN, RunningServer, free_port, running_server, view
 
 SITE = Path(__file__).parents[2] / "deploy" / "nginx" / "qlevents.conf"
 MIB = 1024 * 1024
@@ -151,17 +152,12 @@ class Nginx:
         return ssl.create_default_context(cafile=str(self.certificates.ca))
 
 
-@pytest.fixture
-def upstream(serve: Callable[..., RunningServer]) -> RunningServer:
-    """qlevents as the site file expects it: believing the proxy's X-Forwarded-For."""
-    return serve("--forwarded-allow-ips", "127.0.0.1")
-
-
-@pytest.fixture
-def nginx(tmp_path: Path, upstream: RunningServer) -> Iterator[Nginx]:
+@contextlib.contextmanager
+def running_nginx(directory: Path, upstream: RunningServer) -> Iterator[Nginx]:
+    """nginx with the shipped site file, in ``directory``, in front of ``upstream``."""
     binary = tool("nginx")
-    certificates = make_certificates(tmp_path / "tls")
-    prefix = tmp_path / "nginx"
+    certificates = make_certificates(directory / "tls")
+    prefix = directory / "nginx"
     prefix.mkdir()
     port = free_port()
     site = SITE.read_text()
@@ -188,6 +184,32 @@ def nginx(tmp_path: Path, upstream: RunningServer) -> Iterator[Nginx]:
     finally:
         process.send_signal(signal.SIGTERM)  # nginx's fast shutdown
         process.wait(20)
+
+
+#: qlevents as the site file expects it: believing the proxy's X-Forwarded-For.
+UPSTREAM_OPTIONS = ("--forwarded-allow-ips", "127.0.0.1", "--admin-token", ADMIN_TOKEN)
+
+
+@pytest.fixture(scope="module")
+def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+    """One nginx and qlevents for the module's tests that only send through them (each
+    with an account of its own: ``account``)."""
+    root = tmp_path_factory.mktemp("nginx-tls")
+    with running_server(root, *UPSTREAM_OPTIONS) as upstream, running_nginx(root, upstream) as up:
+        yield up
+
+
+@pytest.fixture
+def own_nginx(tmp_path: Path, serve: Callable[..., RunningServer]) -> Iterator[Nginx]:
+    """nginx and qlevents of the test's own, for a test that stops qlevents."""
+    with running_nginx(tmp_path, serve(*UPSTREAM_OPTIONS)) as running:
+        yield running
+
+
+@pytest.fixture
+def account(nginx: Nginx, request: pytest.FixtureRequest) -> str:
+    """The client key of a new account behind the module's nginx, for this test alone."""
+    return nginx.upstream.create_account(request.node.name[:200])
 
 
 @pytest.fixture
@@ -221,43 +243,46 @@ def contract_error(answer: httpx.Response, status: int) -> dict[str, object]:
 
 class TestTheSDKOverHTTPS:
     @pytest.mark.usefixtures("sdk_trusts_the_test_ca")
-    def test_events_sent_through_nginx_are_stored(self, nginx: Nginx) -> None:
+    def test_events_sent_through_nginx_are_stored(self, nginx: Nginx, account: str) -> None:
         """Client(endpoint=https://...) queues, flushes and sends through nginx; every event
         is stored."""
-        key = nginx.upstream.client_key
+        key = account
         with Client(key, endpoint=f"{nginx.url}/events") as client:
             for i in range(20):
                 client.view(f"sku-{i}", 10.5, f"https://shop.example/sku-{i}")
             assert client.flush(timeout=30)
             result = client.send([view(key, product_id="sent-now")])
             assert len(result.processed) == 1
-        stored = {event["product_id"] for event in nginx.upstream.stored()}
+        stored = {event["product_id"] for event in nginx.upstream.stored(key)}
         assert stored == {f"sku-{i}" for i in range(20)} | {"sent-now"}
 
     @pytest.mark.usefixtures("sdk_trusts_certifi")
-    def test_a_certificate_the_sdk_cannot_verify_is_refused(self, nginx: Nginx) -> None:
+    def test_a_certificate_the_sdk_cannot_verify_is_refused(
+        self, nginx: Nginx, account: str
+    ) -> None:
         """With its own trust store (certifi), the SDK refuses the test CA's certificate:
         nothing is sent."""
-        key = nginx.upstream.client_key
+        key = account
         client = Client(key, endpoint=f"{nginx.url}/events", send_retry_budget=0.5)
         with client, pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
             client.send([view(key)])
-        assert nginx.upstream.stored() == []
+        assert nginx.upstream.stored(key) == []
 
 
 class TestTheProxy:
-    def test_the_access_log_shows_the_client_not_nginx(self, nginx: Nginx) -> None:
+    def test_the_access_log_shows_the_client_not_nginx(self, nginx: Nginx, account: str) -> None:
         """qlevents logs the address nginx forwarded for (a client on 127.0.0.5), not nginx's,
         and not what the client claimed in its own X-Forwarded-For."""
+        mark = nginx.upstream.log_mark()
         transport = httpx.HTTPTransport(local_address="127.0.0.5", verify=nginx.tls())
         with httpx.Client(transport=transport) as client:
             answer = client.post(
                 f"{nginx.url}/events",
-                json=[view(nginx.upstream.client_key)],
+                json=[view(account)],
                 headers={"x-forwarded-for": "203.0.113.9"},
             )
         assert answer.status_code == 200 and len(answer.json()["processed"]) == 1
-        [line] = nginx.upstream.wait_for_log('"POST /events" 200')
+        [line] = nginx.upstream.wait_for_log('"POST /events" 200', since=mark)
         assert " 127.0.0.5:" in line and "203.0.113.9" not in line
 
     def test_a_6_mib_body_from_urllib_gets_the_413(self, nginx: Nginx) -> None:
@@ -298,10 +323,10 @@ class TestTheProxy:
         assert signin.status_code == 200 and signin.url.path == "/ui/signin"
         assert "; secure" in signin.headers["set-cookie"].lower()
 
-    def test_qlevents_down_is_a_503_with_retry_after(self, nginx: Nginx) -> None:
+    def test_qlevents_down_is_a_503_with_retry_after(self, own_nginx: Nginx) -> None:
         """With qlevents stopped, nginx answers 503 with Retry-After, in the API's shape."""
-        nginx.upstream.stop()
-        with httpx.Client(verify=nginx.tls()) as client:
-            answer = client.post(f"{nginx.url}/events", json=[])
+        own_nginx.upstream.stop()
+        with httpx.Client(verify=own_nginx.tls()) as client:
+            answer = client.post(f"{own_nginx.url}/events", json=[])
         assert contract_error(answer, 503)["code"] == "unavailable"
         assert answer.headers["retry-after"] == "5"

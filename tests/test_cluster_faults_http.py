@@ -27,6 +27,7 @@ from tests.support import RunningServer, free_port, get, view
 
 CLIENTS = 4
 EVENTS_PER_REQUEST = 5
+PAUSE = 0.01
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,9 @@ class Clients:
                         break
                     time.sleep(0.2)
                 request += 1
+                # A breath between requests: four clients still keep requests in flight
+                # at nearly every moment, without taking both cores from the other tests.
+                time.sleep(PAUSE)
 
     def answered_between(self, start: float, end: float) -> list[Answer]:
         """The answers to requests sent after ``start`` and answered before ``end``."""

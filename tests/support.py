@@ -59,10 +59,36 @@ def post(url: str, **kwargs: Any) -> httpx.Response:
     return httpx.post(url, verify=TLS_CONTEXT, **kwargs)
 
 
+#: The ports tests listen on: below Linux's ephemeral range (32768-60999), which outgoing
+#: connections take at any moment, and a slice of its own for each test process (xdist's
+#: gw0, gw1, ...), so that a port found free here is still free when a server binds it. A
+#: port the kernel picked (bind to 0) was once taken in between by another process.
+PORTS_PER_PROCESS = 1500
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+PORTS = range(
+    20000 + (int(_worker) % 8 if _worker.isdigit() else 0) * PORTS_PER_PROCESS,
+    20000 + (int(_worker) % 8 + 1 if _worker.isdigit() else 1) * PORTS_PER_PROCESS,
+)
+_port_turn = iter(range(10**9))
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port of this test process's slice, not handed out lately (the slice is used
+    round-robin, so a port a test just let go rests before it is used again)."""
+    for _ in PORTS:
+        port = PORTS[next(_port_turn) % len(PORTS)]
+        if port_is_free(port):
+            return port
+    raise RuntimeError(f"no free port in {PORTS}")
 
 
 def _event_dict(event: Any) -> dict[str, Any]:

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,25 +20,22 @@ import httpx
 import pytest
 
 from tests.cluster import require_nats_server
-from tests.support import child_pids, conversion, view, wait_gone
+from tests.support import PORTS, child_pids, conversion, port_is_free, view, wait_gone
 
 READY_LINE = "Ctrl-C stops every process."
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+#: The ports of a demo, from its base: NATS clients, routes and monitors (base+0..2, +100..102,
+#: +200..202), then the two ingest nodes (+300, +301).
+DEMO_OFFSETS = [offset + i for offset in (0, 100, 200) for i in range(3)] + [300, 301]
 
 
-def _free_base() -> int:
-    """A NATS base port whose nine ports (base+0..2, +100..102, +200..202) are free."""
-    for base in range(24000 + os.getpid() % 5000, 40000, 7):
-        if all(_free(base + offset + i) for offset in (0, 100, 200) for i in range(3)):
-            return base
+def _free_ports() -> tuple[tuple[int, int], int]:
+    """The two ingest nodes' ports and the NATS base of a demo whose eleven ports are all
+    free, in this test process's slice of ports (tests/support.py)."""
+    for base in range(PORTS.start, PORTS.stop - DEMO_OFFSETS[-1], 7):
+        if all(port_is_free(base + offset) for offset in DEMO_OFFSETS):
+            return (base + 300, base + 301), base
     raise RuntimeError("no free ports")
 
 
@@ -117,9 +113,8 @@ def _close(demo: Demo) -> None:
 def run_demo(tmp_path: Path) -> Iterator[Callable[[], Demo]]:
     """Starts the demo on free ports in the test's directory (again: on the same data)."""
     require_nats_server()
-    from tests.support import free_port
 
-    ports, base = (free_port(), free_port()), _free_base()
+    ports, base = _free_ports()
     started: list[Demo] = []
 
     def run() -> Demo:
@@ -141,11 +136,8 @@ def run_demo(tmp_path: Path) -> Iterator[Callable[[], Demo]]:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     """One demo for the tests that only send and read (each reading its own account's)."""
     require_nats_server()
-    from tests.support import free_port
 
-    started = start_demo(
-        tmp_path_factory.mktemp("demo") / "cluster", (free_port(), free_port()), _free_base()
-    )
+    started = start_demo(tmp_path_factory.mktemp("demo") / "cluster", *_free_ports())
     try:
         yield started
     finally:

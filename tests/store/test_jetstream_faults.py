@@ -22,6 +22,7 @@ from tests.store.events import record, stored
 pytestmark = pytest.mark.anyio
 
 PUBLISH_TIMEOUT = 1.0
+PAUSE = 0.02
 #: Long enough to ride out a leader election (4-9 s) for most requests.
 RETRY_SECONDS = 8.0
 #: Longer than any append may take: one that runs past it hangs.
@@ -93,6 +94,9 @@ class Clients:
                 self.acknowledged.extend(event.id for event in events)
                 break
             number += 1
+            # A breath between appends: eight clients still keep appends in flight at
+            # nearly every moment, without taking both cores from the other tests.
+            await asyncio.sleep(PAUSE)
 
     async def progress(self, timeout: float = 20.0) -> None:
         """Until some more requests are acknowledged."""

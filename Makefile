@@ -40,14 +40,15 @@ typecheck: dev
 # Test processes (pytest-xdist): most tests wait on the servers, browsers and NATS nodes
 # they start, so more processes than cores pay (docs/architecture.md, "The test suite"); a
 # file's tests stay in one process, so its module fixtures (a NATS cluster, a browser's
-# site) start once.
+# site) start once; files are taken in collection order, where tests/conftest.py puts the
+# longest first (LONGEST_FIRST), so that the processes finish together.
 # TEST_PROCESSES=0 runs in this process (for a debugger, or -x).
 TEST_PROCESSES ?= 4
 # With PYTHONDONTWRITEBYTECODE set (some images set it) every server a test starts would
 # compile qlevents from source again (~0.1 s of CPU each, ~240 starts), and every test
 # process would rewrite every test module: here the bytecode is written once.
 pytest: dev browser nginx
-	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -q -n $(TEST_PROCESSES) --dist loadfile
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -q -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder
 
 # The dashboard's browser tests drive Debian's Chromium (Playwright cannot download its own
 # browsers here). As root, install it if it is missing; otherwise those tests skip, except

@@ -20,6 +20,32 @@ import pytest
 
 from tests.support import ADMIN_TOKEN, LocalApp, RunningServer, free_port, running_server
 
+#: The files that take longest, in that order, first. Test processes take a whole file at a
+#: time (``--dist loadfile``, in collection order: the Makefile turns off xdist's ordering by
+#: number of tests, which put these files, of few but long tests, last and alone at the end).
+LONGEST_FIRST = (
+    "tests/ui/test_journeys.py",
+    "tests/client/test_worker.py",
+    "tests/test_cluster_faults_http.py",
+    "tests/test_cluster_demo.py",
+    "tests/store/test_jetstream_faults.py",
+    "tests/server/test_properties.py",
+    "tests/server/test_logging.py",
+    "tests/test_accounts_jetstream.py",
+    "tests/deploy/test_nginx_cluster.py",
+    "tests/client/test_client.py",
+    "tests/cli/test_serve.py",
+    "tests/store/test_sqlite.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the others keep their order
+
 
 @pytest.fixture
 def anyio_backend() -> str:

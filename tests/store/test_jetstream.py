@@ -184,20 +184,24 @@ class TestGroupCommit:
         self, one_in_flight: tuple[JetStreamEventStore, list[int]]
     ) -> None:
         """50 appends at once, one batch in flight: the first alone, the 49 others in one
-        batch (2 messages each: events and claim); every event stored once, in order."""
+        write, their events merged in one message and one claim for all; every event stored
+        once, in order, each at its own position."""
         store, batches = one_in_flight
         appends = [store.append(stored(1, prefix=f"r{n}-")) for n in range(50)]
         assert await asyncio.gather(*appends) == [None] * 50
-        assert batches == [2, 98]
-        assert [e.id for e in await read_all(store)] == [f"r{n}-0" for n in range(50)]
+        assert batches == [2, 2]
+        found = await store.read(limit=100)
+        assert [e.id for _, e in found] == [f"r{n}-0" for n in range(50)]
+        positions = [p for p, _ in found]
+        assert positions == sorted(set(positions))
         # Reported as SQLite reports its group commits: one commit of 49 requests.
         assert [(c.requests, c.events) for c in self.commits] == [(1, 1), (49, 49)]
 
-    async def test_a_used_key_in_a_group_sends_each_request_alone(
+    async def test_a_used_key_in_a_group_is_replayed_and_the_others_go_again(
         self, one_in_flight: tuple[JetStreamEventStore, list[int]]
     ) -> None:
-        """A group holding a request whose key was used is refused whole; its requests are
-        sent alone: the others stored, the used key answered with its first answer."""
+        """A group holding a request whose key was used is refused whole: that request gets
+        its first answer, the others go again together and are stored once."""
         store, batches = one_in_flight
         assert await store.append(stored(1, prefix="first-"), record(key="used")) is None
         blocker = store.append(stored(1, prefix="blocker-"))
@@ -205,7 +209,9 @@ class TestGroupCommit:
         retry = store.append(stored(1, prefix="retry-"), record(key="used", response=b"2"))
         answers = await asyncio.gather(blocker, *others, retry)
         assert answers == [None, None, None, None, Replay(b"f1", b"{}")]
-        assert batches[:3] == [2, 2, 8]  # first; blocker alone; the group of four, refused
+        # first; blocker alone; the group of four (events, four records), refused; the three
+        assert batches == [2, 2, 5, 4]
+        assert [(c.requests, c.events) for c in self.commits] == [(1, 1), (1, 1), (3, 3)]
         assert sorted(e.id for e in await read_all(store)) == sorted(
             ["first-0", "blocker-0", "r0-0", "r1-0", "r2-0"]
         )
@@ -227,13 +233,69 @@ class TestGroupCommit:
         with pytest.raises(asyncio.CancelledError):
             await waiting[1]
         assert await store.append(stored(1, prefix="later-")) is None
-        assert batches == [2, 4, 2]
+        assert batches == [2, 2, 2]
+        assert [(c.requests, c.events) for c in self.commits] == [(1, 1), (2, 2), (1, 1)]
         assert sorted(e.id for e in await read_all(store)) == [
             "blocker-0",
             "later-0",
             "r0-0",
             "r2-0",
         ]
+
+    async def test_a_group_whose_answer_was_lost_is_sent_again_whole_and_stored_once(
+        self,
+        one_in_flight: tuple[JetStreamEventStore, list[int]],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The group's batch is stored but its answer lost: the same write goes again, its
+        claim (or a record) is found to be its own, and every request is answered stored,
+        its events stored once."""
+        store, batches = one_in_flight
+        real = api.publish_batch
+        answers_lost = [2]  # the first group's first attempt, then the keyed group's
+
+        async def publish_batch(nc: Any, messages: Any, timeout: float) -> api.PubAck:
+            ack = await real(nc, messages, timeout)
+            if len(batches) in answers_lost:
+                raise NatsTimeoutError
+            return ack
+
+        monkeypatch.setattr(api, "publish_batch", publish_batch)
+        blocker = store.append(stored(1, prefix="blocker-"))
+        keyless = [store.append(stored(1, prefix=f"r{n}-")) for n in range(3)]
+        assert await asyncio.gather(blocker, *keyless) == [None] * 4
+        answers_lost[:] = [len(batches) + 2]
+        blocker = store.append(stored(1, prefix="blocker2-"))
+        keyed = [store.append(stored(1, prefix=f"k{n}-"), record(key=f"k{n}")) for n in range(3)]
+        assert await asyncio.gather(blocker, *keyed) == [None] * 4
+        assert len(batches) == 6  # blocker, group twice; blocker, group twice
+        ids = [e.id for e in await read_all(store)]
+        assert sorted(ids) == sorted(
+            ["blocker-0", "blocker2-0"] + [f"{p}{n}-0" for p in "rk" for n in range(3)]
+        )
+        assert [(c.requests, c.events) for c in self.commits] == [(1, 1), (3, 3)] * 2
+
+    async def test_a_group_takes_at_most_1024_events_and_one_request_per_key(
+        self, one_in_flight: tuple[JetStreamEventStore, list[int]]
+    ) -> None:
+        """A position holds an event's index in its write in 10 bits: three 500-event
+        requests waiting go as two writes; a second request with a key already in the group
+        waits for the next one (and is answered with the first's answer)."""
+        store, _ = one_in_flight
+        blocker = store.append(stored(1, prefix="blocker-"))
+        big = [store.append(stored(500, prefix=f"b{n}-")) for n in range(3)]
+        assert await asyncio.gather(blocker, *big) == [None] * 4
+        assert [(c.requests, c.events) for c in self.commits] == [(1, 1), (2, 1000), (1, 500)]
+        self.commits.clear()
+        blocker = store.append(stored(1, prefix="blocker2-"))
+        twice = [
+            store.append(stored(1, prefix="a-"), record(key="same")),
+            store.append(stored(1, prefix="c-"), record(key="other")),
+            store.append(stored(1, prefix="d-"), record(key="same", response=b"2")),
+        ]
+        assert await asyncio.gather(blocker, *twice) == [None, None, None, Replay(b"f1", b"{}")]
+        assert [(c.requests, c.events) for c in self.commits] == [(1, 1), (2, 2)]
+        assert len(await read_all(store)) == 1 + 1500 + 1 + 2
 
 
 class TestObservers:

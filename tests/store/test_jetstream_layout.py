@@ -10,10 +10,11 @@ from qlevents.store.jetstream_layout import (
     INDEX,
     PART,
     PARTS,
-    REQUEST,
     TTL,
+    WRITE,
     claim_message,
     decode_event_message,
+    event_chunks,
     event_messages,
     events_subject,
     format_indexes,
@@ -23,6 +24,7 @@ from qlevents.store.jetstream_layout import (
     stream_name,
     token,
     untoken,
+    write_messages,
 )
 from tests.store.events import record, stored
 
@@ -84,7 +86,7 @@ class TestMessages:
             ("qlevents.v1.events.k2.view", "4", "2/4"),
             ("qlevents.v1.events.k2.conversion", "5", "3/4"),
         ]
-        assert {m.headers[REQUEST] for m in messages} == {"r1"}
+        assert {m.headers[WRITE] for m in messages} == {"r1"}
 
     def test_a_group_over_the_message_size_is_split(self) -> None:
         """No message holds more than the limit; together they hold every event once."""
@@ -97,6 +99,45 @@ class TestMessages:
             for n, m in enumerate(messages)
         ]
         assert [e for d in decoded for e in d.events] == events
+        assert [p for d in decoded for p in d.positions] == [(10 << 10) | i for i in range(50)]
+
+    def test_a_write_merges_its_requests_events_per_account_and_kind(self) -> None:
+        """Two requests in one write: a message per (account, kind) in the order each first
+        appears, indexes counted through the write, events in write order."""
+        first = stored(3, "k1")
+        second = stored(2, "k2", "b") + stored(2, "k1", "c")
+        requests = [
+            (len(events), event_chunks("qlevents", events, 1 << 20)) for events in (first, second)
+        ]
+        messages = write_messages("qlevents", requests, "w1", 1 << 20)
+        assert [(m.subject, m.headers[INDEX], m.headers[PART]) for m in messages] == [
+            ("qlevents.v1.events.k1.view", "0,2,5", "0/4"),
+            ("qlevents.v1.events.k1.conversion", "1,6", "1/4"),
+            ("qlevents.v1.events.k2.view", "3", "2/4"),
+            ("qlevents.v1.events.k2.conversion", "4", "3/4"),
+        ]
+        decoded = [
+            decode_event_message(m.subject, 10 + n, m.headers, m.payload)
+            for n, m in enumerate(messages)
+        ]
+        found = [pair for d in decoded for pair in zip(d.positions, d.events, strict=True)]
+        assert [e for _, e in sorted(found)] == first + second
+        assert {d.write_id for d in decoded} == {"w1"}
+
+    def test_merged_requests_are_split_where_a_message_would_be_too_big(self) -> None:
+        """Requests' chunks are merged only while the message stays under the limit."""
+        requests = [
+            (10, event_chunks("qlevents", [_event(10 * r + i, "x" * 200) for i in range(10)], 8000))
+            for r in range(5)
+        ]
+        messages = write_messages("qlevents", requests, "w1", 8000)
+        assert [m.headers[INDEX] for m in messages] == ["0-19", "20-39", "40-49"]
+        assert all(len(m.payload) <= 8000 for m in messages)
+        decoded = [
+            decode_event_message(m.subject, 10 + n, m.headers, m.payload)
+            for n, m in enumerate(messages)
+        ]
+        assert [e.id for d in decoded for e in d.events] == [f"e{i}" for i in range(50)]
         assert [p for d in decoded for p in d.positions] == [(10 << 10) | i for i in range(50)]
 
     def test_a_record_claims_the_key_and_spans_what_its_answer_needs(self) -> None:

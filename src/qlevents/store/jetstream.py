@@ -2,31 +2,34 @@
 
 How it meets the contract of :mod:`qlevents.store.base` (docs/cluster.md says more):
 
-**Atomic.** One ``append`` is one JetStream atomic batch: the request's events, a message per
-(account, kind) split below the servers' message size, then its idempotency record (or, for
-a request without a key, a claim of a store-made request id). The stream stores all of the
-batch's messages or none of them.
+**Atomic.** Appends are stored in *writes*: one JetStream atomic batch holding one append,
+or several that arrived together (group commit, below). A write's events go a message per
+(account, kind), split below the servers' message size, then the idempotency record of each
+append with a key (or, when none has one, a claim of a store-made write id). The stream
+stores all of the batch's messages or none of them.
 
 **Durable.** A batch is acknowledged once a quorum of the stream's replicas (2 of 3) has
 stored it, and ``open`` refuses servers that do not fsync every write (``sync_always``).
 
-**Idempotent.** The record (or claim) carries ``Nats-Expected-Last-Subject-Sequence: 0``: the
-batch is refused whole if its subject already holds a message, so a (scope, key) is claimed
-in the same step as the events. The loser reads the winner's record (polling: it can be
-refused before the winner's record is readable). Records expire after 24 h (``Nats-TTL``).
+**Idempotent.** The records (or the claim) carry ``Nats-Expected-Last-Subject-Sequence: 0``:
+the batch is refused whole if one of their subjects already holds a message, so a (scope,
+key) is claimed in the same step as the events. The loser reads the winner's record
+(polling: it can be refused before the winner's record is readable); the appends of a write
+whose keys were used before get their first answers, and the others go again in a new write.
+Records expire after 24 h (``Nats-TTL``).
 
 **When the store cannot tell.** A batch whose answer does not come in ``publish_timeout`` may
-still be stored. ``append`` sends it again (same claim, new batch) until ``retry_seconds``
-have passed: the claim makes a second copy impossible, and a refusal for the claim shows that
-an earlier attempt was stored. If no attempt is answered it raises
-:class:`~qlevents.StoreOutcomeUnknownError`.
+still be stored. The write is sent again (same records or claim, new batch) until
+``retry_seconds`` have passed: its claims make a second copy impossible, and a refusal that
+names the write's own id shows that an earlier attempt was stored. If no attempt is
+answered, its appends raise :class:`~qlevents.StoreOutcomeUnknownError`.
 
-**Group commit.** Appends that arrive while ``max_batches_in_flight`` batches are on their
-way wait and go together, their messages in one atomic batch (up to the servers' batch
-limit): one commit and one Raft entry for many requests, as SQLite's group commit shares an
-fsync. All of them are stored or none; when a group is not answered with a plain ack (a
-claim refused, a timeout, the stream full), each of its requests is sent again alone
-through the path above, whose claims make that safe.
+**Group commit.** Appends that arrive while ``max_batches_in_flight`` writes are on their
+way wait, and go together in the next write (up to the servers' batch limit, 8 MiB and 1,024
+events): their events merged into one message per (account, kind), one claim, one commit
+and one Raft entry for all, as SQLite's group commit shares an fsync. Per message and per
+batch costs dominate what the NATS servers spend, so a group of n one-event requests costs
+them about what one n-event request does.
 
 **Positions** are ``first_sequence << 10 | index`` (:mod:`qlevents.store.jetstream_layout`).
 """
@@ -65,17 +68,19 @@ from qlevents.store.jetstream_layout import (
     MAX_APPEND_EVENTS,
     PARTS,
     POSITION_BITS,
-    REQUEST,
+    WRITE,
+    EventChunk,
     Outgoing,
     check_prefix,
     claim_message,
     claim_subject,
     decode_event_message,
-    event_messages,
+    event_chunks,
     events_subject,
     record_messages,
     record_subject,
     stream_name,
+    write_messages,
 )
 
 log: Final = logging.getLogger("qlevents.store")
@@ -114,28 +119,49 @@ class PublishStats:
 PublishObserver = Callable[[PublishStats], None]
 
 
-@dataclass(slots=True)
-class _Waiting:
-    """An append waiting for its group: its messages, and how it ended."""
+@dataclass(slots=True, eq=False)
+class _Append:
+    """An append on its way: its events (encoded), its key, and what became of it."""
 
-    messages: list[Outgoing]
-    size: int
+    chunks: list[EventChunk]
     events: int
-    attempts: list[int]
+    idempotency: IdempotencyRecord | None
     done: asyncio.Future[None]
-    grouped: bool = False
-    """Sent in a group that was not answered with a plain ack: send it alone."""
-    unknown: bool = False
-    """That group went unanswered: it may have been stored."""
-    holds_slot: bool = False
-    """Nothing else was waiting: it is sent alone in a slot of its own, to release after."""
+    record_subject: str | None = None
+    messages: int = 0
+    """The most messages it adds to a write (its chunks, its record's parts or a claim)."""
+    size: int = 0
+    """Its payload bytes."""
+    attempts: int = 0
+    """Batches that carried it."""
+    outcome: Literal["stored", "replayed", "full", "unavailable", "unknown"] = "unknown"
+    replay: Replay | None = None
+    error: StoreUnavailableError | None = None
+
+    def finish(
+        self,
+        outcome: Literal["stored", "replayed", "full", "unavailable", "unknown"] = "unknown",
+        *,
+        replay: Replay | None = None,
+        error: StoreUnavailableError | None = None,
+    ) -> None:
+        """Its outcome, once (later calls change nothing)."""
+        if self.done.done():
+            return
+        self.outcome, self.replay, self.error = outcome, replay, error
+        self.done.set_result(None)
 
 
 class _Missing:
     """No record found (yet) for a claimed key."""
 
 
+class _Stored:
+    """The claim refused is the write's own: an earlier attempt of it was stored."""
+
+
 _MISSING: Final = _Missing()
+_STORED: Final = _Stored()
 
 
 class JetStreamEventStore(EventStore):
@@ -174,7 +200,7 @@ class JetStreamEventStore(EventStore):
         #: Group commit: appends waiting for a batch slot, batches on their way, and the
         #: tasks sending groups (a freed slot passes straight to the next group).
         self._max_in_flight = max_batches_in_flight
-        self._waiting: list[_Waiting] = []
+        self._waiting: list[_Append] = []
         self._in_flight = 0
         self._group_tasks: set[asyncio.Task[None]] = set()
 
@@ -225,7 +251,7 @@ class JetStreamEventStore(EventStore):
             raise StoreUnavailableError("the event store is not open")
         return self._nc
 
-    # --- writes: one atomic batch per append ---------------------------------------------
+    # --- writes: one atomic batch per write of one or more appends ---------------------
 
     async def append(
         self, events: Sequence[StoredEvent], idempotency: IdempotencyRecord | None = None
@@ -237,143 +263,147 @@ class JetStreamEventStore(EventStore):
             return None
         if len(events) > MAX_APPEND_EVENTS:
             raise ValueError(f"at most {MAX_APPEND_EVENTS} events in one append")
-        request_id = uuid.uuid4().hex
         room = self._max_payload - _HEADER_ROOM
-        messages = event_messages(self.prefix, events, request_id, room)
-        if idempotency is None:
-            messages.append(claim_message(self.prefix, request_id))
+        pending = _Append(
+            event_chunks(self.prefix, events, room),
+            len(events),
+            idempotency,
+            asyncio.get_running_loop().create_future(),
+        )
+        if idempotency is not None:
+            pending.record_subject = record_subject(self.prefix, idempotency.scope, idempotency.key)
+            parts = max(1, -(-len(idempotency.response) // room))
+            pending.messages = len(pending.chunks) + parts
+            pending.size = sum(len(c.payload) for c in pending.chunks) + len(idempotency.response)
         else:
-            messages.extend(record_messages(self.prefix, idempotency, request_id, room))
-        if len(messages) > self._max_batch:
+            pending.messages = len(pending.chunks) + 1
+            pending.size = sum(len(c.payload) for c in pending.chunks)
+        if pending.messages > self._max_batch:
             raise StoreUnavailableError(
-                f"this request needs {len(messages)} messages in one atomic batch, more than"
-                f" the NATS servers take ({self._max_batch}: jetstream.limits.batch.max_msgs)"
+                f"this request needs {pending.messages} messages in one atomic batch, more"
+                f" than the NATS servers take ({self._max_batch}: jetstream.limits.batch.max_msgs)"
             )
         started = time.monotonic()
-        attempts = [0]
-        waiting: _Waiting | None = None
-        outcome: Literal["stored", "replayed", "full", "unavailable", "unknown"] = "unknown"
         try:
-            waiting = await self._in_group(nc, messages, len(events), attempts)
-            if waiting.holds_slot:
-                try:
-                    replay = await self._publish(nc, messages, idempotency, request_id, attempts)
-                finally:
-                    self._release_slot()
-            elif waiting.grouped:
-                replay = await self._publish(
-                    nc, messages, idempotency, request_id, attempts, unknown=waiting.unknown
-                )
-            else:
-                replay = None  # stored in a group: its sender reported the commit
-            outcome = "stored" if replay is None else "replayed"
-            return replay
-        except StoreOutcomeUnknownError:
-            outcome = "unknown"
-            raise
-        except _StreamFullError:
-            outcome = "full"
-            raise
-        except StoreUnavailableError:
-            outcome = "unavailable"
-            raise
+            await self._stored(nc, pending)
         finally:
-            seconds = time.monotonic() - started
-            alone = waiting.holds_slot or waiting.grouped if waiting is not None else False
-            if outcome == "stored" and alone and self._observer is not None:
-                self._observer(CommitStats(1, len(events), seconds))
             if self._publish_observer is not None:
-                self._publish_observer(PublishStats(outcome, seconds, attempts[0], len(events)))
+                self._publish_observer(
+                    PublishStats(
+                        pending.outcome, time.monotonic() - started, pending.attempts, len(events)
+                    )
+                )
+        if pending.error is not None:
+            raise pending.error
+        return pending.replay
 
-    async def _in_group(
-        self, nc: Client, messages: list[Outgoing], events: int, attempts: list[int]
-    ) -> _Waiting:
-        """With a batch slot free, these messages go alone in it (``holds_slot``: ``append``
-        sends them and releases it). Otherwise they wait for the next group, which the batch
-        that frees a slot sends; returns when that group is answered: stored, or each of its
-        appends to be sent alone (``grouped``)."""
-        size = sum(len(message.payload) for message in messages)
-        waiting = _Waiting(
-            messages, size, events, attempts, asyncio.get_running_loop().create_future()
-        )
+    async def _stored(self, nc: Client, pending: _Append) -> None:
+        """With a batch slot free, ``pending`` is written alone at once, in this task. Else it
+        waits for the next group, which the write that frees a slot sends; returns when it
+        has its outcome."""
         if self._in_flight < self._max_in_flight:
             self._in_flight += 1
-            waiting.holds_slot = True
-            return waiting
-        self._waiting.append(waiting)
+            try:
+                await self._write(nc, [pending])
+            finally:
+                self._release_slot()
+            return
+        self._waiting.append(pending)
         try:
-            await asyncio.shield(waiting.done)
+            await asyncio.shield(pending.done)
         except asyncio.CancelledError:
-            if waiting in self._waiting:  # not sent: nobody will wait for it
-                self._waiting.remove(waiting)
+            if pending in self._waiting:  # not sent: nobody will wait for it
+                self._waiting.remove(pending)
             raise
-        return waiting
 
     async def _send_group(self, nc: Client) -> None:
-        """In the slot a batch freed: the oldest waiting appends that fit one batch, sent
-        together once: stored, or each of them handed back to be sent alone."""
-        group: list[_Waiting] = []
-        count = size = 0
+        """In the slot a write freed: the oldest waiting appends that fit one write, written
+        together."""
+        group: list[_Append] = []
+        messages = size = events = 0
+        subjects: set[str] = set()
         while self._waiting:
             first = self._waiting[0]
             fits = (
-                count + len(first.messages) <= self._max_batch and size + first.size <= _GROUP_BYTES
+                messages + first.messages <= self._max_batch
+                and size + first.size <= _GROUP_BYTES
+                and events + first.events <= MAX_APPEND_EVENTS
+                and first.record_subject not in subjects  # the same key twice: one waits
             )
             if group and not fits:
                 break
             group.append(self._waiting.pop(0))
-            count, size = count + len(first.messages), size + first.size
-        if not group:  # the appends that were waiting were cancelled meanwhile
-            self._release_slot()
-            return
-        stored = unknown = False
-        started = time.monotonic()
+            messages += first.messages
+            size += first.size
+            events += first.events
+            if first.record_subject is not None:
+                subjects.add(first.record_subject)
         try:
-            for waiting in group:
-                waiting.attempts[0] += 1
-            messages = [message for waiting in group for message in waiting.messages]
-            ack = await api.publish_batch(nc, messages, self._publish_timeout)
-            stored = ack.error is None
-            if stored and self._observer is not None:  # one commit, as SQLite reports one
-                events = sum(waiting.events for waiting in group)
-                self._observer(CommitStats(len(group), events, time.monotonic() - started))
-        except NatsTimeoutError:
-            unknown = True
-        except (NatsError, OSError) as exc:
-            log.info("a batch of %d appends was not sent (%s); each is sent alone", len(group), exc)
+            if group:  # else the appends that were waiting were cancelled meanwhile
+                await self._write(nc, group)
         finally:
-            for waiting in group:
-                waiting.grouped, waiting.unknown = not stored, unknown
-                waiting.done.set_result(None)
             self._release_slot()
 
     def _release_slot(self) -> None:
-        """A batch came back: its slot goes to the appends waiting, as one group."""
+        """A write came back: its slot goes to the appends waiting, as one group."""
         if self._waiting and self._nc is not None:
             task = asyncio.get_running_loop().create_task(self._send_group(self._nc))
             self._group_tasks.add(task)
             task.add_done_callback(self._group_tasks.discard)
             return
         self._in_flight -= 1
-        for waiting in self._waiting:  # closed: each append learns it on its own
-            waiting.grouped = True
-            waiting.done.set_result(None)
+        for pending in self._waiting:  # closed
+            pending.finish(error=StoreUnavailableError("the event store was closed"))
         self._waiting.clear()
 
-    async def _publish(
-        self,
-        nc: Client,
-        messages: list[Outgoing],
-        idempotency: IdempotencyRecord | None,
-        request_id: str,
-        attempts: list[int],
-        *,
-        unknown: bool = False,
-    ) -> Replay | None:
-        """Send the batch until it is answered; the claim in it makes every attempt after
-        the first either store nothing or find the first one's record. ``unknown``: an
-        earlier attempt (in a group) went unanswered and may have been stored."""
+    async def _write(self, nc: Client, group: list[_Append]) -> None:
+        """Store ``group``'s appends as one write and give each its outcome."""
+        started = time.monotonic()
+        try:
+            stored = await self._publish(nc, group)
+            if stored and self._observer is not None:  # one commit, as SQLite reports one
+                events = sum(pending.events for pending in stored)
+                self._observer(CommitStats(len(stored), events, time.monotonic() - started))
+            for pending in stored:
+                pending.finish(outcome="stored")
+        except StoreUnavailableError as exc:
+            outcome: Literal["full", "unavailable", "unknown"] = (
+                "unknown"
+                if isinstance(exc, StoreOutcomeUnknownError)
+                else "full"
+                if isinstance(exc, _StreamFullError)
+                else "unavailable"
+            )
+            for pending in group:
+                pending.finish(outcome=outcome, error=exc)
+        finally:  # cancelled: the appends learn that nothing may be known
+            for pending in group:
+                pending.finish(
+                    error=StoreOutcomeUnknownError("the write was interrupted; it may be stored")
+                )
+
+    def _messages(self, group: Sequence[_Append], write_id: str) -> list[Outgoing]:
+        """The write's batch: its events, merged per (account, kind); the record of each
+        append with a key; a claim of the write's id when none has one."""
+        room = self._max_payload - _HEADER_ROOM
+        messages = write_messages(
+            self.prefix, [(pending.events, pending.chunks) for pending in group], write_id, room
+        )
+        records = [pending.idempotency for pending in group if pending.idempotency is not None]
+        for idempotency in records:
+            messages.extend(record_messages(self.prefix, idempotency, write_id, room))
+        if not records:
+            messages.append(claim_message(self.prefix, write_id))
+        return messages
+
+    async def _publish(self, nc: Client, group: list[_Append]) -> list[_Append]:
+        """Send the write until it is answered; the claims in it make every attempt after
+        the first either store nothing or find the first one's records. Returns the appends
+        stored; the others were replays of keys used before (their ``replay`` is set)."""
         deadline = time.monotonic() + self._retry_seconds
+        write_id = uuid.uuid4().hex
+        messages = self._messages(group, write_id)
+        unknown = False  # an attempt went unanswered: it may have been stored
         reason = "no attempt was made"
         delay = 0.05
         while (remaining := deadline - time.monotonic()) > 0:
@@ -383,7 +413,8 @@ class JetStreamEventStore(EventStore):
             if not nc.is_connected:
                 reason = "not connected to any NATS server"
             else:
-                attempts[0] += 1
+                for pending in group:
+                    pending.attempts += 1
                 timeout = min(self._publish_timeout, remaining)
                 try:
                     ack = await api.publish_batch(nc, messages, timeout)
@@ -396,12 +427,23 @@ class JetStreamEventStore(EventStore):
                 else:
                     error = ack.error
                     if error is None:
-                        return None
+                        return group
                     if error.err_code in _CLAIMED_CODES:
-                        found = await self._await_claim(nc, idempotency, request_id, deadline)
-                        if not isinstance(found, _Missing):
-                            return found
-                        reason = "the claim is held by a write that is not stored (yet)"
+                        found = await self._await_claims(nc, group, write_id, deadline)
+                        if isinstance(found, _Stored):
+                            return group
+                        if isinstance(found, _Missing):
+                            reason = "a claim is held by a write that is not stored (yet)"
+                            continue
+                        # Keys used before: no attempt of this write can ever be stored.
+                        for pending, replay in found.items():
+                            pending.finish(outcome="replayed", replay=replay)
+                        group = [pending for pending in group if pending not in found]
+                        if not group:
+                            return group
+                        write_id = uuid.uuid4().hex
+                        messages = self._messages(group, write_id)
+                        unknown = False
                         continue
                     detail = f"{error.description} (error {error.err_code})"
                     if error.err_code in _FULL_CODES:
@@ -428,31 +470,37 @@ class JetStreamEventStore(EventStore):
             f"the event stream did not take the events in {self._retry_seconds:.0f} s ({reason})"
         )
 
-    async def _await_claim(
-        self,
-        nc: Client,
-        idempotency: IdempotencyRecord | None,
-        request_id: str,
-        deadline: float,
-    ) -> Replay | _Missing | None:
-        """After the claim was refused: None if it is this request's own (an earlier attempt
-        was stored), the first request's Replay if it is another's, _MISSING if no record
-        shows up (the other batch, refused or lost, may never be stored)."""
+    async def _await_claims(
+        self, nc: Client, group: list[_Append], write_id: str, deadline: float
+    ) -> _Stored | _Missing | dict[_Append, Replay]:
+        """After a claim was refused: _STORED if the claim is the write's own (an earlier
+        attempt was stored), the first answers of the appends whose keys other writes hold,
+        _MISSING if no record shows up (the other batch, refused or lost, may never be
+        stored)."""
         until = min(deadline, time.monotonic() + max(self._publish_timeout, 1.0))
+        keyed = [pending for pending in group if pending.idempotency is not None]
         while True:
             try:
-                if idempotency is None:
-                    subject = claim_subject(self.prefix, request_id)
+                if not keyed:
+                    subject = claim_subject(self.prefix, write_id)
                     claim = await api.get_message(
                         nc, self.stream, {"last_by_subj": subject}, self._publish_timeout
                     )
                     if claim is not None:
-                        return None
-                else:
-                    found = await self._read_record(nc, idempotency.scope, idempotency.key)
+                        return _STORED
+                replays: dict[_Append, Replay] = {}
+                for pending in keyed:
+                    assert pending.idempotency is not None
+                    found = await self._read_record(
+                        nc, pending.idempotency.scope, pending.idempotency.key
+                    )
                     if found is not None:
                         owner, replay = found
-                        return None if owner == request_id else replay
+                        if owner == write_id:
+                            return _STORED
+                        replays[pending] = replay
+                if replays:
+                    return replays
             except (NatsError, api.JetStreamApiError) as exc:
                 log.info("reading a claimed key's record: %s", exc)
             if time.monotonic() >= until:
@@ -467,13 +515,13 @@ class JetStreamEventStore(EventStore):
         if first is None:
             return None
         headers = first.headers
-        owner = headers.get(REQUEST, "")
+        owner = headers.get(WRITE, "")
         pieces = [first.data]
         for number in range(1, int(headers.get(PARTS, "1"))):
             piece = await api.get_message(
                 nc, self.stream, {"last_by_subj": f"{subject}.{number}"}, timeout
             )
-            if piece is None or piece.headers.get(REQUEST) != owner:
+            if piece is None or piece.headers.get(WRITE) != owner:
                 return None  # expiring: the rest of it is gone
             pieces.append(piece.data)
         return owner, Replay(bytes.fromhex(headers.get(FINGERPRINT, "")), b"".join(pieces))

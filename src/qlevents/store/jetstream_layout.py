@@ -8,15 +8,18 @@ move.
     <prefix>.v1.events.<account>.<kind>      events of one account and kind (a JSON array)
     <prefix>.v1.idem.<account>.<key-hash>    the record of an Idempotency-Key (kept 24 h)
     <prefix>.v1.idem.<account>.<key-hash>.N  part N of it, when the answer is over one message
-    <prefix>.v1.claim.<request>              the claim of a request without a key (2 min)
+    <prefix>.v1.claim.<write>                the claim of a write without a key (2 min)
 
 ``<account>`` is the client key and ``<kind>`` the event type (``view``, ``conversion``),
-each as a subject token (:func:`token`). One request is one atomic batch: its event
-messages first (``Qlevents-Part: k/m``), then its record or claim.
+each as a subject token (:func:`token`). A *write* is one atomic batch that stores one
+request, or several that arrived together (group commit): its event messages first, one per
+(account, kind) (``Qlevents-Part: k/m``), then the record of each request that has a key, or
+else one claim of the write's id.
 
 A stored event's position (what :meth:`~qlevents.store.base.EventStore.read` returns) is
-``first_sequence << 10 | index``: the stream sequence of the first message of its request,
-and its index in the request. Positions increase in request order and never change.
+``first_sequence << 10 | index``: the stream sequence of the first message of its write, and
+its index in the write (at most 1,024 events). Positions increase in write order and never
+change.
 """
 
 from __future__ import annotations
@@ -35,17 +38,18 @@ from qlevents.store.base import IDEMPOTENCY_TTL, IdempotencyRecord
 
 VERSION: Final = "v1"
 DEFAULT_PREFIX: Final = "qlevents"
-#: A position holds the event's index in its request in its low bits.
+#: A position holds the event's index in its write in its low bits: a write holds at most
+#: this many events.
 POSITION_BITS: Final = 10
 MAX_APPEND_EVENTS: Final = 1 << POSITION_BITS
-#: How long a request without a key is remembered (seconds): longer than the store retries
+#: How long a write without a key is remembered (seconds): longer than the store retries
 #: it (~10 s) plus the server's atomic-batch timeout (10 s).
 CLAIM_TTL: Final = 120
 
 # Headers of version 1.
-REQUEST: Final = "Qlevents-Request"  # the request the message belongs to (32 hex digits)
-PART: Final = "Qlevents-Part"  # "k/m": event message k (from 0) of the request's m
-INDEX: Final = "Qlevents-Index"  # each event's index in its request: "0-3,7"
+WRITE: Final = "Qlevents-Write"  # the write the message belongs to (32 hex digits)
+PART: Final = "Qlevents-Part"  # "k/m": event message k (from 0) of the write's m
+INDEX: Final = "Qlevents-Index"  # each event's index in its write: "0-3,7"
 FINGERPRINT: Final = "Qlevents-Fingerprint"  # the request body's digest (hex), on records
 PARTS: Final = "Qlevents-Parts"  # how many messages the record's answer spans
 # NATS's own.
@@ -105,50 +109,102 @@ def record_subject(prefix: str, scope: str, key: str) -> str:
     return f"{prefix}.{VERSION}.idem.{token(scope)}.{digest}"
 
 
-def claim_subject(prefix: str, request_id: str) -> str:
-    return f"{prefix}.{VERSION}.claim.{request_id}"
+def claim_subject(prefix: str, write_id: str) -> str:
+    return f"{prefix}.{VERSION}.claim.{write_id}"
 
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """A message to publish as part of a request's batch."""
+    """A message to publish as part of a write's batch."""
 
     subject: str
     payload: bytes
     headers: dict[str, str]
 
 
-def event_messages(
-    prefix: str, events: Sequence[StoredEvent], request_id: str, max_payload: int
-) -> list[Outgoing]:
-    """The request's events as messages: one per (account, kind), in the order each first
-    appears, split where one would hold more than ``max_payload`` bytes."""
+@dataclass(frozen=True, slots=True)
+class EventChunk:
+    """Some of one request's events of one account and kind, encoded (a JSON array)."""
+
+    subject: str
+    payload: bytes
+    indexes: list[int]
+    """Each event's index in its request."""
+
+
+def event_chunks(prefix: str, events: Sequence[StoredEvent], max_payload: int) -> list[EventChunk]:
+    """A request's events, a chunk per (account, kind) in the order each first appears,
+    split where one would hold more than ``max_payload`` bytes."""
     groups: dict[tuple[str, str], list[int]] = {}
     for index, event in enumerate(events):
         groups.setdefault((event.client_key, event.event), []).append(index)
-    chunks: list[tuple[str, bytes, list[int]]] = []
+    chunks: list[EventChunk] = []
     for (account, kind), indexes in groups.items():
         subject = events_subject(prefix, account, kind)
         payload = _ENCODER.encode([events[i] for i in indexes])
         if len(payload) <= max_payload:
-            chunks.append((subject, payload, indexes))
+            chunks.append(EventChunk(subject, payload, indexes))
         else:
             chunks.extend(_split(subject, events, indexes, max_payload))
-    total = len(chunks)
+    return chunks
+
+
+def write_messages(
+    prefix: str,
+    requests: Sequence[tuple[int, Sequence[EventChunk]]],
+    write_id: str,
+    max_payload: int,
+) -> list[Outgoing]:
+    """The event messages of one write: its requests' chunks (each request given with its
+    number of events), merged into one message per (account, kind) in the order each first
+    appears, split where one would hold more than ``max_payload`` bytes. Indexes count
+    through the write: request 0's events first, then request 1's, and so on."""
+    merged: dict[str, list[tuple[bytes, list[int]]]] = {}
+    base = 0
+    for count, chunks in requests:
+        for chunk in chunks:
+            shifted = chunk.indexes if base == 0 else [base + i for i in chunk.indexes]
+            merged.setdefault(chunk.subject, []).append((chunk.payload, shifted))
+        base += count
+    messages: list[tuple[str, bytes, list[int]]] = []
+    for subject, pieces in merged.items():
+        if len(pieces) == 1:
+            messages.append((subject, *pieces[0]))
+            continue
+        inner: list[bytes] = []
+        indexes: list[int] = []
+        size = 2  # the brackets
+        for payload, taken in pieces:
+            if inner and size + len(payload) - 1 > max_payload:
+                messages.append((subject, b"[" + b",".join(inner) + b"]", indexes))
+                inner, indexes, size = [], [], 2
+            inner.append(payload[1:-1])
+            indexes.extend(taken)
+            size += len(payload) - 1  # less its brackets, plus a comma
+        messages.append((subject, b"[" + b",".join(inner) + b"]", indexes))
+    total = len(messages)
     return [
         Outgoing(
             subject,
             payload,
-            {REQUEST: request_id, PART: f"{part}/{total}", INDEX: format_indexes(indexes)},
+            {WRITE: write_id, PART: f"{part}/{total}", INDEX: format_indexes(indexes)},
         )
-        for part, (subject, payload, indexes) in enumerate(chunks)
+        for part, (subject, payload, indexes) in enumerate(messages)
     ]
+
+
+def event_messages(
+    prefix: str, events: Sequence[StoredEvent], write_id: str, max_payload: int
+) -> list[Outgoing]:
+    """The event messages of a write of one request (:func:`write_messages`)."""
+    chunks = event_chunks(prefix, events, max_payload)
+    return write_messages(prefix, [(len(events), chunks)], write_id, max_payload)
 
 
 def _split(
     subject: str, events: Sequence[StoredEvent], indexes: list[int], max_payload: int
-) -> list[tuple[str, bytes, list[int]]]:
-    chunks: list[tuple[str, bytes, list[int]]] = []
+) -> list[EventChunk]:
+    chunks: list[EventChunk] = []
     encoded: list[bytes] = []
     taken: list[int] = []
     size = 2  # the brackets
@@ -157,17 +213,17 @@ def _split(
         if len(one) + 3 > max_payload:
             raise ValueError(f"event {index} alone is over {max_payload} bytes")
         if encoded and size + len(one) + 1 > max_payload:
-            chunks.append((subject, b"[" + b",".join(encoded) + b"]", taken))
+            chunks.append(EventChunk(subject, b"[" + b",".join(encoded) + b"]", taken))
             encoded, taken, size = [], [], 2
         encoded.append(one)
         taken.append(index)
         size += len(one) + 1
-    chunks.append((subject, b"[" + b",".join(encoded) + b"]", taken))
+    chunks.append(EventChunk(subject, b"[" + b",".join(encoded) + b"]", taken))
     return chunks
 
 
 def record_messages(
-    prefix: str, record: IdempotencyRecord, request_id: str, max_payload: int
+    prefix: str, record: IdempotencyRecord, write_id: str, max_payload: int
 ) -> list[Outgoing]:
     """The record of ``record``'s key: its first message claims the key (it is stored only
     if the subject holds no message); the answer goes over as many as it needs."""
@@ -180,7 +236,7 @@ def record_messages(
         subject,
         pieces[0],
         {
-            REQUEST: request_id,
+            WRITE: write_id,
             FINGERPRINT: record.fingerprint.hex(),
             PARTS: str(len(pieces)),
             EXPECTED_LAST_SUBJECT_SEQUENCE: "0",
@@ -188,18 +244,18 @@ def record_messages(
         },
     )
     rest = [
-        Outgoing(f"{subject}.{n}", piece, {REQUEST: request_id, TTL: ttl})
+        Outgoing(f"{subject}.{n}", piece, {WRITE: write_id, TTL: ttl})
         for n, piece in enumerate(pieces[1:], start=1)
     ]
     return [first, *rest]
 
 
-def claim_message(prefix: str, request_id: str) -> Outgoing:
-    """The claim that makes a request without a key unique: a retry of it is refused."""
+def claim_message(prefix: str, write_id: str) -> Outgoing:
+    """The claim that makes a write without a key unique: a retry of it is refused."""
     return Outgoing(
-        claim_subject(prefix, request_id),
+        claim_subject(prefix, write_id),
         b"",
-        {REQUEST: request_id, EXPECTED_LAST_SUBJECT_SEQUENCE: "0", TTL: str(CLAIM_TTL)},
+        {WRITE: write_id, EXPECTED_LAST_SUBJECT_SEQUENCE: "0", TTL: str(CLAIM_TTL)},
     )
 
 
@@ -233,17 +289,17 @@ class EventMessage:
     """Its stream sequence."""
     account: str
     kind: str
-    request_id: str
+    write_id: str
     part: int
-    """Which of its request's event messages it is (from 0), of ``parts``."""
+    """Which of its write's event messages it is (from 0), of ``parts``."""
     parts: int
     indexes: list[int]
-    """Each event's index in its request."""
+    """Each event's index in its write."""
     events: list[StoredEvent]
 
     @property
     def first_sequence(self) -> int:
-        """The stream sequence of its request's first message."""
+        """The stream sequence of its write's first message."""
         return self.sequence - self.part
 
     @property
@@ -269,7 +325,7 @@ def decode_event_message(
         sequence=sequence,
         account=untoken(tokens[-2]),
         kind=untoken(tokens[-1]),
-        request_id=headers[REQUEST],
+        write_id=headers[WRITE],
         part=int(part),
         parts=int(parts),
         indexes=indexes,

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import StoreCompression
 
 from qlevents import StoreOutcomeUnknownError, StoreUnavailableError
 from qlevents.events import StoredEvent
@@ -369,6 +371,34 @@ class TestReadiness:
         else:
             with pytest.raises(StoreUnavailableError, match=r"only 1 of .* 3 replicas"):
                 await store.check_writable()
+
+
+class TestStreamSettings:
+    async def test_the_stream_is_compressed_and_an_older_one_is_updated(
+        self, nats_cluster: NatsCluster, tmp_path: Path
+    ) -> None:
+        """S2 on disk (events are JSON); a stream made without it gets it at the next start,
+        and keeps its events."""
+        settings = jetstream_settings(nats_cluster)
+        store = build_store(settings, tmp_path)
+        assert isinstance(store, JetStreamEventStore)
+        await store.open()
+        try:
+            assert store._nc is not None
+            js = store._nc.jetstream()
+            info = await js.stream_info(store.stream)
+            assert info.config.compression == StoreCompression.S2
+            await store.append(stored(3))
+            await js.update_stream(replace(info.config, compression=StoreCompression.NONE))
+            await store.close()
+            await store.open()
+            assert store._nc is not None
+            info = await store._nc.jetstream().stream_info(store.stream)
+            assert info.config.compression == StoreCompression.S2
+            assert len(await read_all(store)) == 3
+        finally:
+            await store.close()
+            await delete_stream(nats_cluster, settings)
 
 
 class TestServerChecks:

@@ -153,6 +153,15 @@ class TestFullStream:
         assert [e.id for e in await read_all(store)] == accepted
 
 
+async def in_flight(append: Awaitable[Replay | None]) -> asyncio.Future[Replay | None]:
+    """``append`` started and its write sent (alone: nothing else is waiting), so that the
+    appends made next wait for the batch slot."""
+    started = asyncio.ensure_future(append)
+    for _ in range(3):  # the append queues, then its write takes it and sends it
+        await asyncio.sleep(0)
+    return started
+
+
 class TestGroupCommit:
     @pytest.fixture
     async def one_in_flight(
@@ -185,19 +194,31 @@ class TestGroupCommit:
     async def test_appends_waiting_for_a_batch_go_in_the_next_one_together(
         self, one_in_flight: tuple[JetStreamEventStore, list[int]]
     ) -> None:
-        """50 appends at once, one batch in flight: the first alone, the 49 others in one
-        write, their events merged in one message and one claim for all; every event stored
-        once, in order, each at its own position."""
+        """An append in flight, 50 more at once: the 50 go in one write, their events merged
+        in one message with one claim for all; every event stored once, in order, each at
+        its own position."""
         store, batches = one_in_flight
+        first = await in_flight(store.append(stored(1, prefix="first-")))
         appends = [store.append(stored(1, prefix=f"r{n}-")) for n in range(50)]
-        assert await asyncio.gather(*appends) == [None] * 50
+        assert await asyncio.gather(first, *appends) == [None] * 51
         assert batches == [2, 2]
         found = await store.read(limit=100)
-        assert [e.id for _, e in found] == [f"r{n}-0" for n in range(50)]
+        assert [e.id for _, e in found] == ["first-0"] + [f"r{n}-0" for n in range(50)]
         positions = [p for p, _ in found]
         assert positions == sorted(set(positions))
-        # Reported as SQLite reports its group commits: one commit of 49 requests.
-        assert [(c.requests, c.events) for c in self.commits] == [(1, 1), (49, 49)]
+        # Reported as SQLite reports its group commits: one commit of 50 requests.
+        assert [(c.requests, c.events) for c in self.commits] == [(1, 1), (50, 50)]
+
+    async def test_appends_made_at_once_with_a_slot_free_go_in_one_write(
+        self, one_in_flight: tuple[JetStreamEventStore, list[int]]
+    ) -> None:
+        """The write in a free slot starts once the appends already made have joined it: not
+        one write for the first and another for the rest."""
+        store, batches = one_in_flight
+        appends = [store.append(stored(1, prefix=f"r{n}-")) for n in range(20)]
+        assert await asyncio.gather(*appends) == [None] * 20
+        assert batches == [2]
+        assert [(c.requests, c.events) for c in self.commits] == [(20, 20)]
 
     async def test_a_used_key_in_a_group_is_replayed_and_the_others_go_again(
         self, one_in_flight: tuple[JetStreamEventStore, list[int]]
@@ -206,7 +227,7 @@ class TestGroupCommit:
         its first answer, the others go again together and are stored once."""
         store, batches = one_in_flight
         assert await store.append(stored(1, prefix="first-"), record(key="used")) is None
-        blocker = store.append(stored(1, prefix="blocker-"))
+        blocker = await in_flight(store.append(stored(1, prefix="blocker-")))
         others = [store.append(stored(1, prefix=f"r{n}-"), record(key=f"k{n}")) for n in range(3)]
         retry = store.append(stored(1, prefix="retry-"), record(key="used", response=b"2"))
         answers = await asyncio.gather(blocker, *others, retry)
@@ -224,8 +245,7 @@ class TestGroupCommit:
         """An append cancelled while it waits for the batch slot (its request gone) is not
         sent; the ones still waiting go in the next batch, and a later append alone."""
         store, batches = one_in_flight
-        blocker = asyncio.ensure_future(store.append(stored(1, prefix="blocker-")))
-        await asyncio.sleep(0)  # the blocker takes the slot
+        blocker = await in_flight(store.append(stored(1, prefix="blocker-")))
         waiting = [
             asyncio.ensure_future(store.append(stored(1, prefix=f"r{n}-"))) for n in range(3)
         ]
@@ -263,11 +283,11 @@ class TestGroupCommit:
             return ack
 
         monkeypatch.setattr(api, "publish_batch", publish_batch)
-        blocker = store.append(stored(1, prefix="blocker-"))
+        blocker = await in_flight(store.append(stored(1, prefix="blocker-")))
         keyless = [store.append(stored(1, prefix=f"r{n}-")) for n in range(3)]
         assert await asyncio.gather(blocker, *keyless) == [None] * 4
         answers_lost[:] = [len(batches) + 2]
-        blocker = store.append(stored(1, prefix="blocker2-"))
+        blocker = await in_flight(store.append(stored(1, prefix="blocker2-")))
         keyed = [store.append(stored(1, prefix=f"k{n}-"), record(key=f"k{n}")) for n in range(3)]
         assert await asyncio.gather(blocker, *keyed) == [None] * 4
         assert len(batches) == 6  # blocker, group twice; blocker, group twice
@@ -284,12 +304,12 @@ class TestGroupCommit:
         requests waiting go as two writes; a second request with a key already in the group
         waits for the next one (and is answered with the first's answer)."""
         store, _ = one_in_flight
-        blocker = store.append(stored(1, prefix="blocker-"))
+        blocker = await in_flight(store.append(stored(1, prefix="blocker-")))
         big = [store.append(stored(500, prefix=f"b{n}-")) for n in range(3)]
         assert await asyncio.gather(blocker, *big) == [None] * 4
         assert [(c.requests, c.events) for c in self.commits] == [(1, 1), (2, 1000), (1, 500)]
         self.commits.clear()
-        blocker = store.append(stored(1, prefix="blocker2-"))
+        blocker = await in_flight(store.append(stored(1, prefix="blocker2-")))
         twice = [
             store.append(stored(1, prefix="a-"), record(key="same")),
             store.append(stored(1, prefix="c-"), record(key="other")),

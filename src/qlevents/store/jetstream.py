@@ -37,6 +37,7 @@ them about what one n-event request does.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 import uuid
@@ -180,7 +181,7 @@ class JetStreamEventStore(EventStore):
         observer: CommitObserver | None = None,
         publish_observer: PublishObserver | None = None,
         read_only: bool = False,
-        max_batches_in_flight: int = 4,
+        max_batches_in_flight: int = 2,
     ) -> None:
         self.servers = list(servers)
         self.prefix = check_prefix(prefix)
@@ -200,7 +201,7 @@ class JetStreamEventStore(EventStore):
         #: Group commit: appends waiting for a batch slot, batches on their way, and the
         #: tasks sending groups (a freed slot passes straight to the next group).
         self._max_in_flight = max_batches_in_flight
-        self._waiting: list[_Append] = []
+        self._waiting: collections.deque[_Append] = collections.deque()
         self._in_flight = 0
         self._group_tasks: set[asyncio.Task[None]] = set()
 
@@ -298,32 +299,34 @@ class JetStreamEventStore(EventStore):
         return pending.replay
 
     async def _stored(self, nc: Client, pending: _Append) -> None:
-        """With a batch slot free, ``pending`` is written alone at once, in this task. Else it
-        waits for the next group, which the write that frees a slot sends; returns when it
-        has its outcome."""
+        """``pending`` waits for the next write; returns when it has its outcome. With a batch
+        slot free, that write starts once the appends already on their way to the store have
+        joined (at the event loop's next turn: no waiting when traffic is light); else the
+        write that frees a slot starts it."""
+        self._waiting.append(pending)
         if self._in_flight < self._max_in_flight:
             self._in_flight += 1
-            try:
-                await self._write(nc, [pending])
-            finally:
-                self._release_slot()
-            return
-        self._waiting.append(pending)
+            self._start_group(nc)
         try:
-            await asyncio.shield(pending.done)
+            await pending.done
         except asyncio.CancelledError:
             if pending in self._waiting:  # not sent: nobody will wait for it
                 self._waiting.remove(pending)
             raise
 
+    def _start_group(self, nc: Client) -> None:
+        task = asyncio.get_running_loop().create_task(self._send_group(nc))
+        self._group_tasks.add(task)
+        task.add_done_callback(self._group_tasks.discard)
+
     async def _send_group(self, nc: Client) -> None:
-        """In the slot a write freed: the oldest waiting appends that fit one write, written
-        together."""
+        """In a batch slot: the oldest waiting appends that fit one write, written together."""
         group: list[_Append] = []
         messages = size = events = 0
         subjects: set[str] = set()
-        while self._waiting:
-            first = self._waiting[0]
+        waiting = self._waiting
+        while waiting:
+            first = waiting[0]
             fits = (
                 messages + first.messages <= self._max_batch
                 and size + first.size <= _GROUP_BYTES
@@ -332,7 +335,7 @@ class JetStreamEventStore(EventStore):
             )
             if group and not fits:
                 break
-            group.append(self._waiting.pop(0))
+            group.append(waiting.popleft())
             messages += first.messages
             size += first.size
             events += first.events
@@ -345,11 +348,9 @@ class JetStreamEventStore(EventStore):
             self._release_slot()
 
     def _release_slot(self) -> None:
-        """A write came back: its slot goes to the appends waiting, as one group."""
+        """A write came back: its slot goes to the appends waiting, as the next group."""
         if self._waiting and self._nc is not None:
-            task = asyncio.get_running_loop().create_task(self._send_group(self._nc))
-            self._group_tasks.add(task)
-            task.add_done_callback(self._group_tasks.discard)
+            self._start_group(self._nc)
             return
         self._in_flight -= 1
         for pending in self._waiting:  # closed

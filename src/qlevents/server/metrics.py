@@ -80,6 +80,7 @@ class Metrics:
             ["outcome"], registry=r,
         )  # fmt: skip
         self._requests_children: dict[tuple[str, int], Counter] = {}
+        self._outcome_children: dict[str, Counter] = {}
 
     def request(self, route: str, status: int) -> None:
         child = self._requests_children.get((route, status))
@@ -97,7 +98,12 @@ class Metrics:
         self.publish_seconds.observe(stats.seconds)
         if stats.attempts > 1:
             self.publish_retries.inc(stats.attempts - 1)
-        self.publish_outcomes.labels(stats.outcome).inc()
+        child = self._outcome_children.get(stats.outcome)
+        if child is None:
+            child = self._outcome_children[stats.outcome] = self.publish_outcomes.labels(
+                stats.outcome
+            )
+        child.inc()
 
     def exposition(self) -> bytes:
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:

@@ -124,6 +124,17 @@ class TestMessages:
         assert [e for _, e in sorted(found)] == first + second
         assert {d.write_id for d in decoded} == {"w1"}
 
+    def test_requests_of_one_account_and_kind_merge_into_one_run(self) -> None:
+        """Three requests of views only: one message whose indexes are one range."""
+        requests = [
+            (3, event_chunks("qlevents", [_event(3 * r + i, "t") for i in range(3)], 1 << 20))
+            for r in range(3)
+        ]
+        [message] = write_messages("qlevents", requests, "w1", 1 << 20)
+        assert message.headers[INDEX] == "0-8"
+        decoded = decode_event_message(message.subject, 5, message.headers, message.payload)
+        assert [e.id for e in decoded.events] == [f"e{i}" for i in range(9)]
+
     def test_merged_requests_are_split_where_a_message_would_be_too_big(self) -> None:
         """Requests' chunks are merged only while the message stays under the limit."""
         requests = [

@@ -122,28 +122,37 @@ class Outgoing:
     headers: dict[str, str]
 
 
+Runs = list[tuple[int, int]]
+"""Increasing indexes as runs of consecutive ones, each (first, last)."""
+
+
 @dataclass(frozen=True, slots=True)
 class EventChunk:
     """Some of one request's events of one account and kind, encoded (a JSON array)."""
 
     subject: str
     payload: bytes
-    indexes: list[int]
-    """Each event's index in its request."""
+    runs: Runs
+    """Each event's index in its request, as runs."""
 
 
 def event_chunks(prefix: str, events: Sequence[StoredEvent], max_payload: int) -> list[EventChunk]:
     """A request's events, a chunk per (account, kind) in the order each first appears,
     split where one would hold more than ``max_payload`` bytes."""
-    groups: dict[tuple[str, str], list[int]] = {}
-    for index, event in enumerate(events):
-        groups.setdefault((event.client_key, event.event), []).append(index)
+    keys = [(event.client_key, event.event) for event in events]
+    if keys and keys.count(keys[0]) == len(keys):  # the usual request: one account, one kind
+        groups = {keys[0]: list(range(len(keys)))}
+    else:
+        groups = {}
+        for index, key in enumerate(keys):
+            groups.setdefault(key, []).append(index)
     chunks: list[EventChunk] = []
     for (account, kind), indexes in groups.items():
         subject = events_subject(prefix, account, kind)
-        payload = _ENCODER.encode([events[i] for i in indexes])
+        taken = events if len(indexes) == len(events) else [events[i] for i in indexes]
+        payload = _ENCODER.encode(taken)
         if len(payload) <= max_payload:
-            chunks.append(EventChunk(subject, payload, indexes))
+            chunks.append(EventChunk(subject, payload, index_runs(indexes)))
         else:
             chunks.extend(_split(subject, events, indexes, max_payload))
     return chunks
@@ -159,37 +168,41 @@ def write_messages(
     number of events), merged into one message per (account, kind) in the order each first
     appears, split where one would hold more than ``max_payload`` bytes. Indexes count
     through the write: request 0's events first, then request 1's, and so on."""
-    merged: dict[str, list[tuple[bytes, list[int]]]] = {}
+    merged: dict[str, list[tuple[bytes, Runs]]] = {}
     base = 0
     for count, chunks in requests:
         for chunk in chunks:
-            shifted = chunk.indexes if base == 0 else [base + i for i in chunk.indexes]
+            shifted = chunk.runs if base == 0 else [(a + base, b + base) for a, b in chunk.runs]
             merged.setdefault(chunk.subject, []).append((chunk.payload, shifted))
         base += count
-    messages: list[tuple[str, bytes, list[int]]] = []
+    messages: list[tuple[str, bytes, Runs]] = []
     for subject, pieces in merged.items():
         if len(pieces) == 1:
             messages.append((subject, *pieces[0]))
             continue
         inner: list[bytes] = []
-        indexes: list[int] = []
+        runs: Runs = []
         size = 2  # the brackets
         for payload, taken in pieces:
             if inner and size + len(payload) - 1 > max_payload:
-                messages.append((subject, b"[" + b",".join(inner) + b"]", indexes))
-                inner, indexes, size = [], [], 2
+                messages.append((subject, b"[" + b",".join(inner) + b"]", runs))
+                inner, runs, size = [], [], 2
             inner.append(payload[1:-1])
-            indexes.extend(taken)
+            if runs and runs[-1][1] + 1 == taken[0][0]:  # consecutive: one run
+                runs[-1] = (runs[-1][0], taken[0][1])
+                runs.extend(taken[1:])
+            else:
+                runs.extend(taken)
             size += len(payload) - 1  # less its brackets, plus a comma
-        messages.append((subject, b"[" + b",".join(inner) + b"]", indexes))
+        messages.append((subject, b"[" + b",".join(inner) + b"]", runs))
     total = len(messages)
     return [
         Outgoing(
             subject,
             payload,
-            {WRITE: write_id, PART: f"{part}/{total}", INDEX: format_indexes(indexes)},
+            {WRITE: write_id, PART: f"{part}/{total}", INDEX: format_runs(runs)},
         )
-        for part, (subject, payload, indexes) in enumerate(messages)
+        for part, (subject, payload, runs) in enumerate(messages)
     ]
 
 
@@ -213,12 +226,12 @@ def _split(
         if len(one) + 3 > max_payload:
             raise ValueError(f"event {index} alone is over {max_payload} bytes")
         if encoded and size + len(one) + 1 > max_payload:
-            chunks.append(EventChunk(subject, b"[" + b",".join(encoded) + b"]", taken))
+            chunks.append(EventChunk(subject, b"[" + b",".join(encoded) + b"]", index_runs(taken)))
             encoded, taken, size = [], [], 2
         encoded.append(one)
         taken.append(index)
         size += len(one) + 1
-    chunks.append(EventChunk(subject, b"[" + b",".join(encoded) + b"]", taken))
+    chunks.append(EventChunk(subject, b"[" + b",".join(encoded) + b"]", index_runs(taken)))
     return chunks
 
 
@@ -259,17 +272,27 @@ def claim_message(prefix: str, write_id: str) -> Outgoing:
     )
 
 
+def index_runs(indexes: Sequence[int]) -> Runs:
+    """Increasing indexes as runs: [0, 1, 2, 3, 7] -> [(0, 3), (7, 7)]."""
+    runs: Runs = []
+    start = previous = indexes[0]
+    for index in indexes[1:]:
+        if index != previous + 1:
+            runs.append((start, previous))
+            start = index
+        previous = index
+    runs.append((start, previous))
+    return runs
+
+
+def format_runs(runs: Runs) -> str:
+    """Runs as the ``Qlevents-Index`` header writes them: [(0, 3), (7, 7)] -> "0-3,7"."""
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def format_indexes(indexes: Sequence[int]) -> str:
     """Increasing indexes as ranges: [0, 1, 2, 3, 7] -> "0-3,7"."""
-    ranges: list[str] = []
-    start = previous = indexes[0]
-    for index in [*indexes[1:], -1]:
-        if index == previous + 1:
-            previous = index
-            continue
-        ranges.append(str(start) if start == previous else f"{start}-{previous}")
-        start = previous = index
-    return ",".join(ranges)
+    return format_runs(index_runs(indexes))
 
 
 def parse_indexes(text: str) -> list[int]:

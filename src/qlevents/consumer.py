@@ -1,7 +1,7 @@
 """Reading the events log from a backend: a durable consumer, in order, at least once.
 
     async def price(message: EventMessage) -> None:
-        ...  # message.events: one request's events of one account and kind
+        ...  # message.events: one write's events of one account and kind
 
     async with EventConsumer("nats://10.0.0.1:4222,nats://10.0.0.2:4222", "pricing") as log:
         await log.run(price)

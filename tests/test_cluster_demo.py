@@ -167,6 +167,7 @@ def test_the_specs_examples_to_either_endpoint_are_stored_once(demo: Demo) -> No
     assert [json.loads(line)["id"] for line in tail.stdout.splitlines()] == ids
     metrics = httpx.get(demo.endpoints[1].replace("/events", "/metrics")).text
     assert 'qlevents_publish_outcomes_total{outcome="stored"}' in metrics
+    assert 'qlevents_activity_dropped_total{what="rows"} 0.0' in metrics  # counted, none
 
 
 def test_an_account_made_through_one_node_works_on_the_other(demo: Demo) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from qlevents.server.activity import PROCESSED, ActivityLedger, ActivitySettings, Delta
 from qlevents.server.activity_jetstream import SharedActivity, _Outbox, split
+from qlevents.server.metrics import Metrics
 from tests.cluster import NatsCluster
 
 _read = msgspec.msgpack.Decoder(Delta).decode
@@ -83,6 +84,24 @@ class TestOutbox:
             kept.append(_read(head[1]).counts[0][3])
             small.done(head[0])
         assert kept == list(range(small.dropped_deltas, 100))  # the oldest went
+
+    def test_what_a_full_outbox_drops_is_counted_in_the_metrics(self, tmp_path: Path) -> None:
+        """A node cut off from the cluster: its dropped rows and flushes reach /metrics."""
+        metrics = Metrics()
+        shared = SharedActivity(
+            ["nats://127.0.0.1:1"], "t", ActivityLedger(tmp_path), ActivitySettings(),
+            outbox_bytes=1000,
+        )  # fmt: skip
+        shared.drop_observer = metrics.activity_drop_observer()
+        text = metrics.exposition().decode()
+        assert 'qlevents_activity_dropped_total{what="rows"} 0.0' in text
+        for processed in range(100):
+            shared.offer(_delta(1, 300, processed=processed))
+        assert shared.dropped_rows > 0 and shared.dropped_deltas > 0
+        text = metrics.exposition().decode()
+        rows, flushes = float(shared.dropped_rows), float(shared.dropped_deltas)
+        assert f'qlevents_activity_dropped_total{{what="rows"}} {rows}' in text
+        assert f'qlevents_activity_dropped_total{{what="flushes"}} {flushes}' in text
 
     def test_a_published_message_leaves_the_outbox(self) -> None:
         """``done`` with the head's id removes it; another id (a stale publish) does not."""

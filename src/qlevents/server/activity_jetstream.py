@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import msgspec
@@ -188,6 +188,8 @@ class SharedActivity:
         self._warned = float("-inf")
         self._nc: Client | None = None
         self._task: asyncio.Task[None] | None = None
+        #: Told (rows, flushes) each time the outbox drops some (from the recorder's thread).
+        self.drop_observer: Callable[[int, int], None] | None = None
 
     @property
     def dropped_rows(self) -> int:
@@ -205,9 +207,12 @@ class SharedActivity:
 
     def offer(self, delta: Delta) -> None:
         """A flush's delta to publish (from the recorder's thread; memory only)."""
-        before = self._outbox.dropped_rows + self._outbox.dropped_deltas
+        rows, deltas = self._outbox.dropped_rows, self._outbox.dropped_deltas
         self._outbox.put(delta)
-        dropped = self._outbox.dropped_rows + self._outbox.dropped_deltas > before
+        rows, deltas = self._outbox.dropped_rows - rows, self._outbox.dropped_deltas - deltas
+        dropped = rows + deltas > 0
+        if dropped and self.drop_observer is not None:
+            self.drop_observer(rows, deltas)
         if dropped and time.monotonic() - self._warned >= 60:  # once a minute, not a second
             self._warned = time.monotonic()
             log.warning(

@@ -98,6 +98,8 @@ class EventsApp:
         self.dashboard = Dashboard(
             settings.data_dir, self.directory, self.ingest, settings.dashboard, settings.storage
         )
+        if self.dashboard.shared is not None:
+            self.dashboard.shared.drop_observer = self.metrics.activity_drop_observer()
         self.unlogged = frozenset() if settings.access_log_probes else PROBES
 
         # One route table per listener. With --admin-port the admin API has that listener to

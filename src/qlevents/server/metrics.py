@@ -7,6 +7,7 @@ With ``--workers N`` each worker writes its values to ``PROMETHEUS_MULTIPROC_DIR
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import (
@@ -79,6 +80,14 @@ class Metrics:
             " full, unavailable, unknown (the last three answered 503).",
             ["outcome"], registry=r,
         )  # fmt: skip
+        # On a cluster: dashboard activity a worker could not share with the other nodes.
+        self.activity_dropped = Counter(
+            "qlevents_activity_dropped",
+            "Dashboard activity that never reached the other nodes: the worker's outbox was"
+            " full while the cluster was out of reach (rows: live and failed events as sent;"
+            " flushes: whole seconds of counts).",
+            ["what"], registry=r,
+        )  # fmt: skip
         self._requests_children: dict[tuple[str, int], Counter] = {}
         self._outcome_children: dict[str, Counter] = {}
 
@@ -104,6 +113,18 @@ class Metrics:
                 stats.outcome
             )
         child.inc()
+
+    def activity_drop_observer(self) -> Callable[[int, int], None]:
+        """What a cluster node's shared activity tells its drops (rows, flushes); from now
+        on both counters show, at 0 until something is dropped."""
+        rows = self.activity_dropped.labels("rows")
+        flushes = self.activity_dropped.labels("flushes")
+
+        def observe(dropped_rows: int, dropped_flushes: int) -> None:
+            rows.inc(dropped_rows)
+            flushes.inc(dropped_flushes)
+
+        return observe
 
     def exposition(self) -> bytes:
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:

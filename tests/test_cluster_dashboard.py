@@ -84,6 +84,8 @@ def test_events_sent_to_either_node_show_on_both_and_a_restart_counts_nothing_tw
         _send(site.nodes[0], [view(site.key, product_id=f"{mark}-after")])
         eventually(lambda: _counts(clients[1], site.account_id) == (6, 2))
         assert f"{mark}-after" in clients[1].get(f"/ui/a/{site.account_id}/live/rows").text
+        page = clients[1].get(f"/ui/a/{site.account_id}/live").text
+        assert "answered by another node of the cluster, a second or two later" in page
     finally:
         for client in clients:
             client.close()

@@ -65,6 +65,7 @@ def test_event_arrives_live_with_its_error_then_fixed_it_is_processed(
     product = "SKU-LIVE"
     page = new_page(member("shop"))
     page.goto(f"/ui/a/{site.id('shop')}/live")
+    _expect(page.locator("#sampling")).to_contain_text("New events appear within 2 s.")
     ours = page.locator("#live-rows tr", has_text=product)
     broken = _view(site.key("shop"), product_id=product, price="12.5")
     httpx.post(site.server.events_url, json=[broken])

@@ -64,6 +64,7 @@ class Dashboard:
                 local_endpoint=directory.local_endpoint,
                 key_grace_seconds=self.settings.key_grace_seconds,
                 live_per_second=self.settings.activity.live_per_second,
+                cluster=self.shared is not None,
             )
         )
 

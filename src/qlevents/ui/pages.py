@@ -78,6 +78,8 @@ class Deps:
     local_endpoint: str
     key_grace_seconds: float = DEFAULT_GRACE_SECONDS
     live_per_second: int = 20
+    cluster: bool = False
+    """The node is one of a cluster's: other nodes' events reach its pages a little later."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -302,7 +304,7 @@ class Pages:
 
         context = await run_in_threadpool(gather)
         context.update(account=account, filters=filters, filter_query=urlencode(filters),
-                       live_per_second=self.deps.live_per_second,
+                       live_per_second=self.deps.live_per_second, cluster=self.deps.cluster,
                        codes=sorted(ERROR_CODES))  # fmt: skip
         return await self.account_page(request, "live.html", "live", context)
 

@@ -176,11 +176,9 @@ def stream_config(name: str, prefix: str, replicas: int, max_bytes: int) -> Stre
         allow_atomic=True,
         # "async" would acknowledge before the disk, and turn sync-always off for the stream.
         persist_mode=PersistMode.DEFAULT,
-        # Events are JSON: S2 stores them in less than half the space. It also writes each block
-        # to disk once it is full: without it, a replica flushes every block written since its
-        # last Raft snapshot at once, and appends stall meanwhile (150-250 ms every few
-        # seconds at 100-event load on this machine; docs/cluster.md).
-        compression=StoreCompression.S2,
+        # Not S2: a replica of an S2 stream killed -9 under load came back with "s2: corrupt
+        # input" and never recovered (nats-server 2.15.1; docs/cluster.md).
+        compression=StoreCompression.NONE,
     )
 
 
@@ -194,8 +192,7 @@ async def ensure_stream(
     timeout: float,
 ) -> None:
     """Create the events stream, or update it to these settings: R3 (fewer on a smaller
-    cluster; never fewer than it has), on disk and S2-compressed, ``max_bytes`` with discard
-    new."""
+    cluster; never fewer than it has), on disk, ``max_bytes`` with discard new."""
     js = nc.jetstream(timeout=timeout)
     try:
         info = await js.stream_info(name)
@@ -247,7 +244,7 @@ def _differs(existing: StreamConfig, wanted: StreamConfig) -> bool:
         or existing.num_replicas != wanted.num_replicas
         or existing.discard != wanted.discard
         or existing.max_bytes != wanted.max_bytes
-        or existing.compression != wanted.compression
+        or (existing.compression or StoreCompression.NONE) != wanted.compression
         or not existing.allow_msg_ttl
         or not existing.allow_atomic
     )

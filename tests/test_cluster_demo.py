@@ -250,3 +250,29 @@ def _is_nats(pid: int) -> bool:
         return "nats-server" in Path(f"/proc/{pid}/cmdline").read_text()
     except OSError:
         return False
+
+
+def test_a_restart_waits_for_the_demo_key_instead_of_making_another(tmp_path: Path) -> None:
+    """Started again, the demo takes the key it remembered once the account book holds it
+    (a book still loading after the restart does not make a second demo account); a key
+    the book never shows stops the demo with a message."""
+    from qlevents.accounts_jetstream import JetStreamAccountBook
+    from qlevents.cluster_demo import _demo_key
+    from tests.cluster import NatsCluster
+
+    cluster = NatsCluster(tmp_path / "nats", 1).start()
+    remembered = tmp_path / "demo-key"
+    try:
+        first = _demo_key(cluster.url, remembered, lambda: False)
+        assert remembered.read_text().strip() == first
+        assert _demo_key(cluster.url, remembered, lambda: False) == first
+        book = JetStreamAccountBook(cluster.url.split(","))
+        try:
+            assert [a.name for a in book.all()] == ["demo"]
+        finally:
+            book.close()
+        remembered.write_text("qlk_notinthebook\n")
+        with pytest.raises(SystemExit, match="not in the cluster's account book"):
+            _demo_key(cluster.url, remembered, lambda: False, timeout=0.5)
+    finally:
+        cluster.stop()

@@ -16,17 +16,20 @@ The NATS nodes listen on ``--nats-port`` + 0..2 (clients), + 100..102 (routes) a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 import httpx
 
+from qlevents.accounts import AccountError
 from qlevents.accounts_jetstream import JetStreamAccountBook
 from qlevents.store.jetstream_config import NatsNode, nats_server_binary, write_node_config
 
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         for node in nodes:
             _wait(f"{node.monitor_url}/healthz", processes, lambda: stopping)
         store = ",".join(node.client_url for node in nodes)
-        key = _demo_key(store)
+        key = _demo_key(store, root / "demo-key", lambda: stopping)
         token_file = root / "admin-token"
         if not token_file.exists():
             token_file.write_text(secrets.token_hex(24))
@@ -150,12 +153,30 @@ def _wait(url: str, processes: list[Process], stopping: object, timeout: float =
         time.sleep(0.1)
 
 
-def _demo_key(store: str) -> str:
-    """The key of the account 'demo', made on the first start."""
+def _demo_key(
+    store: str, remembered: Path, stopping: Callable[[], object], timeout: float = 60.0
+) -> str:
+    """The key of the account 'demo': made on the first start and kept in ``remembered``;
+    on a later start, once the account book (loading after the restart) holds it again."""
     book = JetStreamAccountBook(store.split(","))
     try:
-        demo = [a for a in book.all() if a.name == "demo"]
-        return demo[0].client_key if demo else book.add("demo").client_key
+        if not remembered.exists():
+            demo = [a for a in book.all() if a.name == "demo"]
+            key = demo[0].client_key if demo else book.add("demo").client_key
+            remembered.write_text(key + "\n")
+            return key
+        key = remembered.read_text().strip()
+        deadline = time.monotonic() + timeout
+        while not stopping():
+            with contextlib.suppress(AccountError):
+                return book.get(key).client_key
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"Error: the demo account ({remembered}) is not in the cluster's account"
+                    f" book; to start afresh, remove {remembered.parent}"
+                )
+            time.sleep(0.2)
+        raise _Stopped
     finally:
         book.close()
 

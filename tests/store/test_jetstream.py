@@ -168,7 +168,8 @@ class TestGroupCommit:
         self, nats_cluster: NatsCluster, monkeypatch: pytest.MonkeyPatch
     ) -> AsyncIterator[tuple[JetStreamEventStore, list[int]]]:
         """A store that sends one batch at a time, and the sizes (messages) of the batches
-        it sent."""
+        it sent. No linger: a lone append after a full write goes at once (the tests of
+        when a write starts are in TestWhenAWriteStarts)."""
         settings = jetstream_settings(nats_cluster)
         self.commits: list[CommitStats] = []
         store = JetStreamEventStore(
@@ -176,6 +177,7 @@ class TestGroupCommit:
             prefix=settings.nats_prefix,
             max_bytes=settings.nats_max_bytes,
             max_batches_in_flight=1,
+            linger=0.0,
             observer=self.commits.append,
         )
         real = api.publish_batch
@@ -318,6 +320,131 @@ class TestGroupCommit:
         assert await asyncio.gather(blocker, *twice) == [None, None, None, Replay(b"f1", b"{}")]
         assert [(c.requests, c.events) for c in self.commits] == [(1, 1), (2, 2)]
         assert len(await read_all(store)) == 1 + 1500 + 1 + 2
+
+
+Writes = tuple[JetStreamEventStore, list[str], asyncio.Event]
+
+
+class TestWhenAWriteStarts:
+    """A write costs a Raft round whatever it carries: with a write in flight, a second
+    starts only for ``min_parallel_events`` (8) events or more; after a full write, a lone
+    request waits up to ``linger`` for the requests that write answered."""
+
+    @pytest.fixture
+    async def writes(
+        self, nats_cluster: NatsCluster, monkeypatch: pytest.MonkeyPatch
+    ) -> AsyncIterator[Callable[..., Awaitable[Writes]]]:
+        """Makes an open store (two slots, as by default) whose first write is held, not
+        sent, until the test sets the event it returns; and the log of writes started and
+        ended."""
+        settings = jetstream_settings(nats_cluster)
+        stores: list[JetStreamEventStore] = []
+        real = api.publish_batch
+
+        async def make(**options: Any) -> Writes:
+            log: list[str] = []
+            release = asyncio.Event()
+
+            async def publish_batch(nc: Any, messages: Any, timeout: float) -> api.PubAck:
+                number = sum(entry.startswith("start") for entry in log) + 1
+                log.append(f"start {number}")
+                if number == 1:
+                    await asyncio.wait_for(release.wait(), 10)
+                ack = await real(nc, messages, timeout)
+                log.append(f"end {number}")
+                return ack
+
+            monkeypatch.setattr(api, "publish_batch", publish_batch)
+            store = JetStreamEventStore(
+                settings.nats_servers,
+                prefix=settings.nats_prefix,
+                max_bytes=settings.nats_max_bytes,
+                **options,
+            )
+            await store.open()
+            stores.append(store)
+            return store, log, release
+
+        yield make
+        for store in stores:
+            await store.close()
+        await delete_stream(nats_cluster, settings)
+
+    async def test_a_few_events_wait_for_the_write_in_flight(
+        self, writes: Callable[..., Awaitable[Writes]]
+    ) -> None:
+        store, log, release = await writes()
+        first = await in_flight(store.append(stored(1, prefix="first-")))
+        few = [asyncio.ensure_future(store.append(stored(1, prefix=f"r{n}-"))) for n in range(7)]
+        await turns(5)
+        assert log == ["start 1"]  # a slot is free, but 7 events are not worth a round
+        release.set()
+        assert await asyncio.gather(first, *few) == [None] * 8
+        assert log == ["start 1", "end 1", "start 2", "end 2"]
+        assert len(await read_all(store)) == 8
+
+    async def test_enough_events_start_a_second_write_at_once(
+        self, writes: Callable[..., Awaitable[Writes]]
+    ) -> None:
+        store, log, release = await writes()
+        first = await in_flight(store.append(stored(1, prefix="first-")))
+        enough = [asyncio.ensure_future(store.append(stored(1, prefix=f"r{n}-"))) for n in range(8)]
+        assert await asyncio.gather(*enough) == [None] * 8  # while the first is held
+        assert log == ["start 1", "start 2", "end 2"]
+        release.set()
+        assert await first is None
+        assert len(await read_all(store)) == 9
+
+    async def test_after_a_full_write_a_lone_request_waits_for_the_others(
+        self, writes: Callable[..., Awaitable[Writes]]
+    ) -> None:
+        """The requests a full write answered come back one by one: the first waits for
+        the rest, and they share one write (here the linger is long: they all come)."""
+        store, log, release = await writes(linger=60.0)
+        release.set()
+        full = [store.append(stored(1, prefix=f"a{n}-")) for n in range(8)]
+        assert await asyncio.gather(*full) == [None] * 8
+        lone = asyncio.ensure_future(store.append(stored(1, prefix="lone-")))
+        await turns(5)
+        assert log == ["start 1", "end 1"]
+        others = [store.append(stored(1, prefix=f"b{n}-")) for n in range(7)]
+        assert await asyncio.gather(lone, *others) == [None] * 8
+        assert log == ["start 1", "end 1", "start 2", "end 2"]
+        assert len(await read_all(store)) == 16
+
+    async def test_a_lone_request_goes_when_the_linger_is_over_and_then_at_once(
+        self, writes: Callable[..., Awaitable[Writes]]
+    ) -> None:
+        """Nobody else comes: the lone request is written alone after the linger. The
+        write before it was small, so the next lone request goes without waiting."""
+        store, log, release = await writes(linger=0.05)
+        release.set()
+        assert await asyncio.gather(*(store.append(stored(1)) for _ in range(8))) == [None] * 8
+        assert await store.append(stored(1, prefix="lone-")) is None
+        assert log == ["start 1", "end 1", "start 2", "end 2"]
+        next_one = asyncio.ensure_future(store.append(stored(1, prefix="next-")))
+        await turns(3)
+        assert log[-1] == "start 3"
+        assert await next_one is None
+
+    async def test_a_request_waiting_when_the_store_closes_is_refused(
+        self, writes: Callable[..., Awaitable[Writes]]
+    ) -> None:
+        store, log, release = await writes(linger=60.0)
+        release.set()
+        assert await asyncio.gather(*(store.append(stored(1)) for _ in range(8))) == [None] * 8
+        lone = asyncio.ensure_future(store.append(stored(1, prefix="lone-")))
+        await turns(3)
+        await store.close()
+        with pytest.raises(StoreUnavailableError, match="closed"):
+            await lone
+        assert log == ["start 1", "end 1"]
+
+
+async def turns(n: int) -> None:
+    """Let the event loop run ``n`` turns."""
+    for _ in range(n):
+        await asyncio.sleep(0)
 
 
 class TestObservers:

@@ -29,7 +29,13 @@ way wait, and go together in the next write (up to the servers' batch limit, 8 M
 events): their events merged into one message per (account, kind), one claim, one commit
 and one Raft entry for all, as SQLite's group commit shares an fsync. Per message and per
 batch costs dominate what the NATS servers spend, so a group of n one-event requests costs
-them about what one n-event request does.
+them about what one n-event request does. A write starts at the event loop's next turn
+(the appends already arriving join it), and only when it is worth a Raft round:
+``min_parallel_events`` events (8) always are. With a write in flight, fewer wait for it to
+come back (Nagle's rule, for Raft rounds). With none in flight they go at once, unless the
+last write was full: the requests it answered are then coming back, and the first to arrive
+waits up to ``linger`` (1 ms) for the others rather than going alone. Light traffic never
+waits.
 
 **Positions** are ``first_sequence << 10 | index`` (:mod:`qlevents.store.jetstream_layout`).
 """
@@ -182,6 +188,8 @@ class JetStreamEventStore(EventStore):
         publish_observer: PublishObserver | None = None,
         read_only: bool = False,
         max_batches_in_flight: int = 2,
+        min_parallel_events: int = 8,
+        linger: float = 0.001,
     ) -> None:
         self.servers = list(servers)
         self.prefix = check_prefix(prefix)
@@ -203,6 +211,12 @@ class JetStreamEventStore(EventStore):
         self._max_in_flight = max_batches_in_flight
         self._waiting: collections.deque[_Append] = collections.deque()
         self._in_flight = 0
+        self._waiting_events = 0
+        self._min_parallel_events = min_parallel_events
+        self._linger = linger
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._last_write_full = False
+        self._start_pending = False  # a write's task is made, and has not taken its group
         self._group_tasks: set[asyncio.Task[None]] = set()
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -241,6 +255,11 @@ class JetStreamEventStore(EventStore):
 
     async def close(self) -> None:
         nc, self._nc = self._nc, None
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        if not self._in_flight:  # else the write that comes back tells them
+            self._fail_waiting()
         if nc is not None and not nc.is_closed:
             try:
                 await asyncio.wait_for(nc.close(), 5.0)
@@ -299,22 +318,49 @@ class JetStreamEventStore(EventStore):
         return pending.replay
 
     async def _stored(self, nc: Client, pending: _Append) -> None:
-        """``pending`` waits for the next write; returns when it has its outcome. With a batch
-        slot free, that write starts once the appends already on their way to the store have
-        joined (at the event loop's next turn: no waiting when traffic is light); else the
-        write that frees a slot starts it."""
+        """``pending`` waits for the next write; returns when it has its outcome. When that
+        write starts: :meth:`_start_if_worth`."""
         self._waiting.append(pending)
-        if self._in_flight < self._max_in_flight:
-            self._in_flight += 1
-            self._start_group(nc)
+        self._waiting_events += max(1, pending.events)
+        self._start_if_worth(nc)
         try:
             await pending.done
         except asyncio.CancelledError:
             if pending in self._waiting:  # not sent: nobody will wait for it
                 self._waiting.remove(pending)
+                self._waiting_events -= max(1, pending.events)
             raise
 
+    def _start_if_worth(self, nc: Client) -> None:
+        """Start a write for the appends waiting if a slot is free and it is worth a Raft
+        round. ``min_parallel_events`` events (an append without events counts as one) always
+        are. Fewer wait for a write in flight to come back; with none in flight they go at
+        once, unless the last write was full: then the requests it answered are on their way
+        back, and they wait up to ``linger`` for them."""
+        if not self._waiting or self._in_flight >= self._max_in_flight or self._start_pending:
+            return
+        if self._waiting_events < self._min_parallel_events:
+            if self._in_flight:
+                return
+            if self._last_write_full and self._linger > 0:
+                if self._linger_timer is None:
+                    loop = asyncio.get_running_loop()
+                    self._linger_timer = loop.call_later(self._linger, self._linger_over, nc)
+                return
+        self._start_group(nc)
+
+    def _linger_over(self, nc: Client) -> None:
+        self._linger_timer = None
+        if self._waiting and not self._in_flight and not self._start_pending:
+            self._start_group(nc)
+
     def _start_group(self, nc: Client) -> None:
+        """A write in a free slot: it takes its group at the event loop's next turn."""
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        self._in_flight += 1
+        self._start_pending = True
         task = asyncio.get_running_loop().create_task(self._send_group(nc))
         self._group_tasks.add(task)
         task.add_done_callback(self._group_tasks.discard)
@@ -325,6 +371,7 @@ class JetStreamEventStore(EventStore):
         messages = size = events = 0
         subjects: set[str] = set()
         waiting = self._waiting
+        self._start_pending = False
         while waiting:
             first = waiting[0]
             fits = (
@@ -336,11 +383,15 @@ class JetStreamEventStore(EventStore):
             if group and not fits:
                 break
             group.append(waiting.popleft())
+            self._waiting_events -= max(1, first.events)
             messages += first.messages
             size += first.size
             events += first.events
             if first.record_subject is not None:
                 subjects.add(first.record_subject)
+        self._last_write_full = events >= self._min_parallel_events
+        if waiting:  # more than one write takes: the next may go in the other slot
+            self._start_if_worth(nc)
         try:
             if group:  # else the appends that were waiting were cancelled meanwhile
                 await self._write(nc, group)
@@ -348,14 +399,20 @@ class JetStreamEventStore(EventStore):
             self._release_slot()
 
     def _release_slot(self) -> None:
-        """A write came back: its slot goes to the appends waiting, as the next group."""
-        if self._waiting and self._nc is not None:
-            self._start_group(self._nc)
-            return
+        """A write came back: its slot goes to the appends waiting, as the next group, if
+        that is worth a round (:meth:`_start_if_worth`)."""
         self._in_flight -= 1
-        for pending in self._waiting:  # closed
+        if self._nc is not None:
+            self._start_if_worth(self._nc)
+        elif not self._in_flight:
+            self._fail_waiting()
+
+    def _fail_waiting(self) -> None:
+        """Closed: the appends still waiting will never be sent."""
+        for pending in self._waiting:
             pending.finish(error=StoreUnavailableError("the event store was closed"))
         self._waiting.clear()
+        self._waiting_events = 0
 
     async def _write(self, nc: Client, group: list[_Append]) -> None:
         """Store ``group``'s appends as one write and give each its outcome."""

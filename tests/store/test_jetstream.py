@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from nats.js.api import StoreCompression
 from qlevents import StoreOutcomeUnknownError, StoreUnavailableError
 from qlevents.events import StoredEvent
 from qlevents.settings import SettingsError
-from qlevents.store import EventStore, Replay
+from qlevents.store import EventStore, Replay, jetstream
 from qlevents.store import jetstream_api as api
 from qlevents.store.base import CommitStats
 from qlevents.store.factory import StoreSettings, build_store
@@ -439,6 +440,35 @@ class TestWhenAWriteStarts:
         with pytest.raises(StoreUnavailableError, match="closed"):
             await lone
         assert log == ["start 1", "end 1"]
+
+    async def test_a_request_waiting_behind_a_failing_write_is_answered_in_the_retry_time(
+        self, writes: Callable[..., Awaitable[Writes]], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """No answer from the stream: a request that waited behind a write retrying for the
+        whole retry time (10 s) has its answer 10 s after it was made, plus at most one
+        publish timeout (2 s) for its own attempt; not 10 s more. The store's clock is a
+        fake one that each attempt moves on by its timeout."""
+        publishes: list[PublishStats] = []
+        store, _, release = await writes(linger=0.0, publish_observer=publishes.append)
+        release.set()
+        clock = [1000.0]
+
+        async def unanswered(nc: Any, messages: Any, timeout: float) -> api.PubAck:
+            await asyncio.sleep(0)  # waiting for the answer, others run
+            clock[0] += timeout
+            raise NatsTimeoutError
+
+        monkeypatch.setattr(api, "publish_batch", unanswered)
+        monkeypatch.setattr(jetstream, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+        first = await in_flight(store.append(stored(1, prefix="first-")))
+        behind = asyncio.ensure_future(store.append(stored(1, prefix="behind-")))
+        for append in (first, behind):
+            with pytest.raises(StoreOutcomeUnknownError):
+                await append
+        waited_for, waiting = publishes
+        assert (waited_for.outcome, waited_for.attempts, waited_for.seconds) == ("unknown", 5, 10.0)
+        assert waiting.outcome == "unknown" and waiting.attempts >= 1
+        assert waiting.seconds <= 12.0
 
 
 async def turns(n: int) -> None:

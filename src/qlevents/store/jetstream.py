@@ -20,7 +20,8 @@ Records expire after 24 h (``Nats-TTL``).
 
 **When the store cannot tell.** A batch whose answer does not come in ``publish_timeout`` may
 still be stored. The write is sent again (same records or claim, new batch) until
-``retry_seconds`` have passed: its claims make a second copy impossible, and a refusal that
+``retry_seconds`` after its oldest append was made (waiting for the write counts; each write
+gets at least one attempt): its claims make a second copy impossible, and a refusal that
 names the write's own id shows that an earlier attempt was stored. If no attempt is
 answered, its appends raise :class:`~qlevents.StoreOutcomeUnknownError`.
 
@@ -134,6 +135,8 @@ class _Append:
     events: int
     idempotency: IdempotencyRecord | None
     done: asyncio.Future[None]
+    made: float
+    """When (monotonic): its answer comes within the store's retry time of it."""
     record_subject: str | None = None
     messages: int = 0
     """The most messages it adds to a write (its chunks, its record's parts or a claim)."""
@@ -289,6 +292,7 @@ class JetStreamEventStore(EventStore):
             len(events),
             idempotency,
             asyncio.get_running_loop().create_future(),
+            time.monotonic(),
         )
         if idempotency is not None:
             pending.record_subject = record_subject(self.prefix, idempotency.scope, idempotency.key)
@@ -303,14 +307,16 @@ class JetStreamEventStore(EventStore):
                 f"this request needs {pending.messages} messages in one atomic batch, more"
                 f" than the NATS servers take ({self._max_batch}: jetstream.limits.batch.max_msgs)"
             )
-        started = time.monotonic()
         try:
             await self._stored(nc, pending)
         finally:
             if self._publish_observer is not None:
                 self._publish_observer(
                     PublishStats(
-                        pending.outcome, time.monotonic() - started, pending.attempts, len(events)
+                        pending.outcome,
+                        time.monotonic() - pending.made,
+                        pending.attempts,
+                        len(events),
                     )
                 )
         if pending.error is not None:
@@ -457,8 +463,15 @@ class JetStreamEventStore(EventStore):
     async def _publish(self, nc: Client, group: list[_Append]) -> list[_Append]:
         """Send the write until it is answered; the claims in it make every attempt after
         the first either store nothing or find the first one's records. Returns the appends
-        stored; the others were replays of keys used before (their ``replay`` is set)."""
-        deadline = time.monotonic() + self._retry_seconds
+        stored; the others were replays of keys used before (their ``replay`` is set).
+
+        It tries until ``retry_seconds`` after its oldest append was made (the time spent
+        waiting for the write counts), but at least one publish timeout."""
+        oldest = min(pending.made for pending in group)
+        deadline = max(
+            oldest + self._retry_seconds,
+            time.monotonic() + min(self._publish_timeout, self._retry_seconds),
+        )
         write_id = uuid.uuid4().hex
         messages = self._messages(group, write_id)
         unknown = False  # an attempt went unanswered: it may have been stored

@@ -27,6 +27,18 @@ from tests.support import RunningServer, free_port
 MakeClient = Callable[..., Any]
 
 
+def resends(proxy: FaultProxy) -> int:
+    """How many requests the proxy saw sent again, each with its first try's key and
+    body. The client may cut the events into more than one batch (it takes what is queued
+    when it wakes): each batch keeps its own key through its retries."""
+    bodies: dict[str | None, set[bytes]] = {}
+    for seen in proxy.seen:
+        bodies.setdefault(seen.key, set()).add(seen.body)
+    assert None not in bodies, "a request without an Idempotency-Key"
+    assert all(len(sent) == 1 for sent in bodies.values()), "a key sent with another body"
+    return len(proxy.seen) - len(bodies)
+
+
 def views(client: Any, count: int, prefix: str = "p") -> list[str]:
     ids = [f"{prefix}{i}" for i in range(count)]
     for product_id in ids:
@@ -88,7 +100,7 @@ class TestRetries:
         client = make_client(account, shared_proxy.url, timeout=0.5)
         sent = views(client, 10)
         assert client.flush(30)
-        assert len(shared_proxy.seen) >= 2 and len(set(shared_proxy.keys)) == 1
+        assert resends(shared_proxy) >= 1
         assert product_ids(shared_server.stored(account)) == sent
         assert client.stats()["retried"] >= 1
 
@@ -108,7 +120,7 @@ class TestRetries:
         assert client.flush(30)
         [retry] = [r.message for r in caplog.records if "status 429" in r.message]
         assert float(retry.rsplit("retrying in ", 1)[1].split()[0]) >= 1.0
-        assert len(shared_proxy.seen) == 2 and shared_proxy.keys[0] == shared_proxy.keys[1]
+        assert resends(shared_proxy) == 1
         assert product_ids(shared_server.stored(account)) == sent
 
     @pytest.mark.parametrize(
@@ -129,7 +141,7 @@ class TestRetries:
         client = make_client(account, shared_proxy.url)
         sent = views(client, 7)
         assert client.flush(30)
-        assert len(shared_proxy.seen) == 4 and len(set(shared_proxy.keys)) == 1
+        assert resends(shared_proxy) == 3
         assert product_ids(shared_server.stored(account)) == sent
         assert client.stats()["retried"] == 3
 
@@ -146,7 +158,7 @@ class TestRetries:
         client = make_client(account, shared_proxy.url, timeout=0.5)
         sent = views(client, 10)
         assert client.flush(30)
-        assert len(shared_proxy.seen) >= 2 and len(set(shared_proxy.keys)) == 1
+        assert resends(shared_proxy) >= 1
         assert product_ids(shared_server.stored(account)) == sent
 
     @both_clients
